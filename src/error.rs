@@ -1,0 +1,51 @@
+//! The one error type the binary turns into an exit code and a message.
+
+use crate::{connector::config::ConfigError, devo, threatq};
+
+/// Every way a run can end other than success, with the documented exit code of each.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("invalid configuration: {0}")]
+    LocalConfig(String),
+    #[error(transparent)]
+    ThreatQ(#[from] threatq::Error),
+    #[error(transparent)]
+    Devo(#[from] devo::Error),
+    #[error("another run holds the lock (pid {pid}, running for {age_seconds} s); try again later")]
+    Locked { pid: u32, age_seconds: u64 },
+    #[error(
+        "refusing to delete {deletes} of {existing} rows of the lookup (more than the Mass-Delete Guard of \
+         {max_percent}%); check the data collection, or run once with --allow-mass-delete"
+    )]
+    MassDelete { deletes: u64, existing: u64, max_percent: u8 },
+    #[error("the data collection is empty but the lookup has {existing} rows; check the collection, or run once \
+             with --allow-mass-delete")]
+    EmptyCollection { existing: u64 },
+    #[error("{0}")]
+    Other(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+impl Error {
+    /// The documented exit code (README, "Exit codes").
+    pub fn code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Config(_) | Error::LocalConfig(_) | Error::Devo(devo::Error::Config(_)) => 3,
+            Error::ThreatQ(_) => 4,
+            Error::Devo(_) => 5,
+            Error::Locked { .. } => 6,
+            Error::MassDelete { .. } | Error::EmptyCollection { .. } => 7,
+            Error::Other(_) | Error::Io { .. } => 1,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}

@@ -1,0 +1,2 @@
+//! The one integration test binary: a module per area, each driving the library or the real binary against the
+//! loopback stand-ins.
