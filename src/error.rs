@@ -22,8 +22,10 @@ pub enum Error {
          {max_percent}%); check the data collection, or run once with --allow-mass-delete"
     )]
     MassDelete { deletes: u64, existing: u64, max_percent: u8 },
-    #[error("the data collection is empty but the lookup has {existing} rows; check the collection, or run once \
-             with --allow-mass-delete")]
+    #[error(
+        "the data collection is empty but the lookup has {existing} rows; check the collection, or run once \
+             with --allow-mass-delete"
+    )]
     EmptyCollection { existing: u64 },
     #[error("{0}")]
     Other(String),

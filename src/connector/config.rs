@@ -382,7 +382,8 @@ fn typed_value(field: &str, prop: &Value, raw: &str) -> Result<Value, ConfigErro
         "integer" => {
             let (min, max) = (prop["minimum"].as_i64(), prop["maximum"].as_i64());
             let range = format!("a whole number from {} to {}", min.unwrap_or(0), max.unwrap_or(i64::MAX));
-            let n: i64 = raw.parse().map_err(|_| ConfigError::invalid(field, format!("{} is not {range}", shown(raw))))?;
+            let n: i64 =
+                raw.parse().map_err(|_| ConfigError::invalid(field, format!("{} is not {range}", shown(raw))))?;
             if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
                 return Err(ConfigError::invalid(field, format!("{n} is out of range: {range}")));
             }
@@ -445,15 +446,15 @@ impl UiForm {
             chain_ca: non_empty(self.devo_chain_ca),
         };
         if devo.region == Region::Custom && devo.custom_endpoint.is_none() {
-            return Err(ConfigError::invalid(
-                "devo_custom_endpoint",
-                "is required when \"Devo API Region\" is Custom",
-            ));
+            return Err(ConfigError::invalid("devo_custom_endpoint", "is required when \"Devo API Region\" is Custom"));
         }
         match devo.method {
             UploadMethod::LookupsApi => {
                 if devo.api_token.is_none() {
-                    return Err(ConfigError::invalid("devo_api_token", "is required for the Lookups API upload method"));
+                    return Err(ConfigError::invalid(
+                        "devo_api_token",
+                        "is required for the Lookups API upload method",
+                    ));
                 }
                 if devo.domain.is_none() && devo.certificate.is_none() {
                     return Err(ConfigError::invalid(

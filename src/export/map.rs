@@ -55,7 +55,8 @@ pub fn map_indicator(ioc: &Indicator, threatq_hostname: &str) -> Row {
             .chain(ioc.adversaries.iter().map(String::as_str)),
     );
     let has_adversary = ioc.related_adversary_count.unwrap_or(ioc.adversaries.len() as u64);
-    let host = threatq_hostname.trim().trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+    let host =
+        threatq_hostname.trim().trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
     vec![
         ioc.value.clone(),
         ioc.type_name.clone(),

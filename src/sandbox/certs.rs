@@ -29,7 +29,8 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list is valid");
         params.distinguished_name = dn(common_name, None);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().expect("key generation");
         Self { issuer: CertifiedIssuer::self_signed(params, key).expect("self-signed CA") }
     }

@@ -25,3 +25,31 @@ pub enum Error {
 fn closest_hint(closest: &[String]) -> String {
     if closest.is_empty() { String::new() } else { format!("; did you mean: {}?", closest.join(", ")) }
 }
+
+/// How to reach and sign in to ThreatQ.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// `host`, `host:port` or `https://host[:port]`.
+    pub host: String,
+    /// The per-user API credentials id from the user's ThreatQ profile.
+    pub client_id: String,
+    pub username: String,
+    pub password: secrecy::SecretString,
+    /// Extra trust anchors (PEM), from `THREATQ_CA_FILE`; system roots otherwise.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `false` only through the explicit, logged `THREATQ_TLS_VERIFY=false` opt-out.
+    pub tls_verify: bool,
+}
+
+/// The connector-record calls, most of them this project's own contract ([OURS] in `contracts/threatq.md`),
+/// behind one trait so they can be swapped when a real instance shows otherwise.
+#[async_trait::async_trait]
+pub trait ConnectorRegistry: Send + Sync {
+    /// The record with exactly this name, if any.
+    async fn find_connector(&self, name: &str) -> Result<Option<ConnectorRecord>, Error>;
+    /// Finds the record, registering it (category resolved by name, inactive) when absent, and updating its
+    /// `user_fields` and `version` when this binary's differ; the user's `custom_fields` are kept.
+    async fn ensure_registered(&self, definition: &ConnectorDefinition) -> Result<ConnectorRecord, Error>;
+    /// Reports a finished run: `last_import_at` (UTC) and `last_import_count`.
+    async fn report_run(&self, id: u64, at: chrono::DateTime<chrono::Utc>, count: u64) -> Result<(), Error>;
+}
