@@ -1,6 +1,6 @@
 //! The one error type the binary turns into an exit code and a message.
 
-use crate::{connector::config::ConfigError, devo, threatq};
+use crate::{connector::config::ConfigError, devo, export, threatq};
 
 /// Every way a run can end other than success, with the documented exit code of each.
 #[derive(Debug, thiserror::Error)]
@@ -17,16 +17,8 @@ pub enum Error {
     Devo(#[from] devo::Error),
     #[error("another run holds the lock (pid {pid}, running for {age_seconds} s); try again later")]
     Locked { pid: u32, age_seconds: u64 },
-    #[error(
-        "refusing to delete {deletes} of {existing} rows of the lookup (more than the Mass-Delete Guard of \
-         {max_percent}%); check the data collection, or run once with --allow-mass-delete"
-    )]
-    MassDelete { deletes: u64, existing: u64, max_percent: u8 },
-    #[error(
-        "the data collection is empty but the lookup has {existing} rows; check the collection, or run once \
-             with --allow-mass-delete"
-    )]
-    EmptyCollection { existing: u64 },
+    #[error(transparent)]
+    Refused(#[from] export::Refusal),
     #[error("{0}")]
     Other(String),
     #[error("{context}: {source}")]
@@ -42,7 +34,7 @@ impl Error {
             Error::ThreatQ(_) => 4,
             Error::Devo(_) => 5,
             Error::Locked { .. } => 6,
-            Error::MassDelete { .. } | Error::EmptyCollection { .. } => 7,
+            Error::Refused(_) => 7,
             Error::Other(_) | Error::Io { .. } => 1,
         }
     }

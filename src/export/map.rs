@@ -22,6 +22,10 @@ pub const COLUMNS: [(&str, ColumnType); 15] = [
     ("expires_at", ColumnType::Str),
 ];
 
+/// Positions of the columns the duplicate rule reads.
+pub(crate) const SCORE: usize = 3;
+pub(crate) const UPDATED_AT: usize = 13;
+
 /// The lookup named `name` with the exporter's columns.
 pub fn table(name: &str) -> Table {
     Table {
@@ -103,6 +107,11 @@ mod tests {
             updated_at: Some("2024-02-03 04:05:06".into()),
             expires_at: None,
         }
+    }
+
+    #[test]
+    fn rule_columns_point_at_their_names() {
+        assert_eq!((COLUMNS[SCORE].0, COLUMNS[UPDATED_AT].0), ("score", "updated_at"));
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! From ThreatQ indicators to Devo lookup rows: the columns, the mapping, duplicates, the plan and the state.
 
+mod collect;
 mod map;
+mod plan;
+mod state;
 
+pub use collect::{Collected, Digest, RowSet, SpoolRows, digest_key, digest_row};
 pub use map::{COLUMNS, map_indicator, table};
+pub use plan::{Action, FullReason, Plan, Refusal};
+pub use state::{Deletions, KeySet, State, Unusable, target_digest};

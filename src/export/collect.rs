@@ -1,0 +1,296 @@
+//! Gathers the mapped rows of one run without keeping them in memory: rows go to a spool file on disk, and a
+//! compact index (a fixed-size digest per IOC value) decides which of two rows with the same value wins.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter};
+use std::path::Path;
+
+use chrono::NaiveDateTime;
+
+use crate::devo::{Row, RowSource};
+
+use super::map::{SCORE, UPDATED_AT};
+
+/// A 128-bit BLAKE3 digest: of an IOC value (the key) or of a whole row (its content).
+pub type Digest = u128;
+
+pub fn digest_key(key: &str) -> Digest {
+    truncate(blake3::hash(key.as_bytes()))
+}
+
+/// The content digest of a row: every field, length-prefixed so that field boundaries count.
+pub fn digest_row(row: &[String]) -> Digest {
+    let mut hasher = blake3::Hasher::new();
+    for field in row {
+        hasher.update(&(field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
+    }
+    truncate(hasher.finalize())
+}
+
+fn truncate(hash: blake3::Hash) -> Digest {
+    u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("32-byte hash"))
+}
+
+/// A set of spool row numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RowSet {
+    words: Vec<u64>,
+    len: u64,
+}
+
+impl RowSet {
+    pub fn insert(&mut self, n: u32) {
+        let (word, bit) = (n as usize / 64, n % 64);
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        if self.words[word] & (1 << bit) == 0 {
+            self.words[word] |= 1 << bit;
+            self.len += 1;
+        }
+    }
+
+    pub fn remove(&mut self, n: u32) {
+        let (word, bit) = (n as usize / 64, n % 64);
+        if let Some(w) = self.words.get_mut(word)
+            && *w & (1 << bit) != 0
+        {
+            *w &= !(1 << bit);
+            self.len -= 1;
+        }
+    }
+
+    pub fn contains(&self, n: u32) -> bool {
+        self.words.get(n as usize / 64).is_some_and(|w| w & (1 << (n % 64)) != 0)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn union(&self, other: &RowSet) -> RowSet {
+        let (long, short) = if self.words.len() >= other.words.len() { (self, other) } else { (other, self) };
+        let mut words = long.words.clone();
+        for (w, o) in words.iter_mut().zip(&short.words) {
+            *w |= o;
+        }
+        let len = words.iter().map(|w| u64::from(w.count_ones())).sum();
+        RowSet { words, len }
+    }
+}
+
+/// What the index keeps of the row that currently wins for one IOC value.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// Row number in the spool.
+    pub row: u32,
+    pub content: Digest,
+    score: f32,
+    updated_at: i64,
+}
+
+impl Entry {
+    /// The duplicate rule: the highest score wins, then the newest `updated_at`; on a tie the first seen stays.
+    fn beats(&self, other: &Entry) -> bool {
+        (self.score, self.updated_at) > (other.score, other.updated_at)
+    }
+}
+
+fn rank(row: &[String]) -> (f32, i64) {
+    let score = row[SCORE].trim().parse::<f32>().ok().filter(|s| s.is_finite()).unwrap_or(f32::NEG_INFINITY);
+    let updated = NaiveDateTime::parse_from_str(row[UPDATED_AT].trim(), "%Y-%m-%d %H:%M:%S")
+        .map(|t| t.and_utc().timestamp())
+        .unwrap_or(i64::MIN);
+    (score, updated)
+}
+
+/// The rows of one run: spooled to disk, deduplicated by value.
+pub struct Collected {
+    spool: tempfile::NamedTempFile,
+    writer: Option<csv::Writer<BufWriter<File>>>,
+    rows: u32,
+    winners: RowSet,
+    index: HashMap<Digest, Entry>,
+    duplicates: u64,
+    columns: usize,
+}
+
+impl Collected {
+    /// Starts an empty spool in `dir` (the instance's state directory, so it sits on the same disk).
+    pub fn new(dir: &Path, columns: usize) -> io::Result<Self> {
+        let spool = tempfile::Builder::new().prefix(".spool-").tempfile_in(dir)?;
+        let writer = csv::WriterBuilder::new().flexible(false).from_writer(BufWriter::new(spool.reopen()?));
+        Ok(Self {
+            spool,
+            writer: Some(writer),
+            rows: 0,
+            winners: RowSet::default(),
+            index: HashMap::new(),
+            duplicates: 0,
+            columns,
+        })
+    }
+
+    /// Adds one mapped row (key first).
+    pub fn push(&mut self, row: &Row) -> io::Result<()> {
+        debug_assert_eq!(row.len(), self.columns);
+        let writer = self.writer.as_mut().expect("push after finish");
+        writer.write_record(row)?;
+        let (score, updated_at) = rank(row);
+        let entry = Entry { row: self.rows, content: digest_row(row), score, updated_at };
+        self.rows = self.rows.checked_add(1).ok_or_else(|| io::Error::other("more than 4 billion rows"))?;
+        match self.index.entry(digest_key(&row[0])) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(entry);
+                self.winners.insert(entry.row);
+            }
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                self.duplicates += 1;
+                if entry.beats(slot.get()) {
+                    self.winners.remove(slot.get().row);
+                    self.winners.insert(entry.row);
+                    slot.insert(entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the spool; no rows can be added afterwards.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if let Some(writer) = self.writer.take() {
+            let mut inner = writer.into_inner().map_err(|e| e.into_error())?;
+            io::Write::flush(&mut inner)?;
+            inner.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Rows read from ThreatQ.
+    pub fn fetched(&self) -> u64 {
+        u64::from(self.rows)
+    }
+
+    /// Distinct IOC values.
+    pub fn unique(&self) -> u64 {
+        self.winners.len()
+    }
+
+    /// Rows dropped by the duplicate rule.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// The winning row of each value, by key digest.
+    pub fn index(&self) -> &HashMap<Digest, Entry> {
+        &self.index
+    }
+
+    /// Every winning row, in the order ThreatQ gave them.
+    pub fn all(&self) -> SpoolRows<'_> {
+        self.select(self.winners.clone())
+    }
+
+    /// The spooled rows whose numbers are in `rows`.
+    pub fn select(&self, rows: RowSet) -> SpoolRows<'_> {
+        assert!(self.writer.is_none(), "read the spool after finish()");
+        SpoolRows { spool: &self.spool, rows }
+    }
+}
+
+/// A [`RowSource`] over part of the spool; every `rows()` call reads the file again from the start.
+pub struct SpoolRows<'a> {
+    spool: &'a tempfile::NamedTempFile,
+    rows: RowSet,
+}
+
+impl RowSource for SpoolRows<'_> {
+    fn rows(&self) -> Box<dyn Iterator<Item = io::Result<Row>> + Send + '_> {
+        // A fresh handle, so each pass starts at the beginning and passes do not share an offset.
+        let file = match self.spool.reopen() {
+            Ok(f) => f,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        let reader = csv::ReaderBuilder::new().has_headers(false).from_reader(BufReader::new(file));
+        let wanted = &self.rows;
+        Box::new(
+            reader
+                .into_records()
+                .enumerate()
+                .filter(move |(n, _)| wanted.contains(*n as u32))
+                .map(|(_, record)| record.map(|r| r.iter().map(str::to_owned).collect()).map_err(io::Error::from)),
+        )
+    }
+
+    fn len(&self) -> u64 {
+        self.rows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::COLUMNS;
+
+    fn row(value: &str, score: &str, updated: &str) -> Row {
+        let mut r = vec![String::new(); COLUMNS.len()];
+        r[0] = value.into();
+        r[SCORE] = score.into();
+        r[UPDATED_AT] = updated.into();
+        r
+    }
+
+    fn collect(rows: &[Row]) -> (tempfile::TempDir, Vec<Row>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Collected::new(dir.path(), COLUMNS.len()).unwrap();
+        for r in rows {
+            c.push(r).unwrap();
+        }
+        c.finish().unwrap();
+        let out = c.all().rows().collect::<io::Result<Vec<_>>>().unwrap();
+        let dups = c.duplicates();
+        drop(c);
+        (dir, out, dups)
+    }
+
+    #[test]
+    fn the_highest_score_then_the_newest_update_wins() {
+        let rows = [
+            row("evil.com", "5", "2024-01-01 00:00:00"),
+            row("1.2.3.4", "3", "2024-01-01 00:00:00"),
+            row("evil.com", "7.5", "2023-01-01 00:00:00"),
+            row("1.2.3.4", "3", "2024-06-01 00:00:00"),
+            row("evil.com", "7.5", "2022-01-01 00:00:00"),
+        ];
+        let (_dir, out, dups) = collect(&rows);
+        assert_eq!(out, vec![rows[2].clone(), rows[3].clone()]);
+        assert_eq!(dups, 3);
+    }
+
+    #[test]
+    fn tricky_values_survive_the_spool_and_it_can_be_read_twice() {
+        let rows = [row("a,\"b\"\r\nc", "", ""), row("日本 🎉|x", "1", "")];
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Collected::new(dir.path(), COLUMNS.len()).unwrap();
+        for r in &rows {
+            c.push(r).unwrap();
+        }
+        c.finish().unwrap();
+        let all = c.all();
+        for _ in 0..2 {
+            assert_eq!(all.rows().collect::<io::Result<Vec<_>>>().unwrap(), rows);
+        }
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn row_digests_see_field_boundaries() {
+        assert_ne!(digest_row(&["ab".into(), "c".into()]), digest_row(&["a".into(), "bc".into()]));
+    }
+}

@@ -1,0 +1,218 @@
+//! What a run will do to the lookup: compare the collected rows with the delivered state.
+
+use std::fmt;
+
+use super::collect::{Collected, RowSet};
+use super::state::State;
+
+/// Why a run replaces the whole lookup instead of sending changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FullReason {
+    /// No state yet: the first run, or the state file was removed.
+    NoState,
+    /// The state file could not be read.
+    UnusableState(String),
+    /// "Sync Mode" is Full.
+    SyncModeFull,
+    /// "Full Resync Every N Hours" has passed since the last full replace.
+    ResyncDue,
+    /// The lookup name, columns or upload target changed since the last delivery.
+    TargetChanged,
+}
+
+impl fmt::Display for FullReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FullReason::NoState => f.write_str("no delivered state yet"),
+            FullReason::UnusableState(why) => write!(f, "the state file is unusable ({why})"),
+            FullReason::SyncModeFull => f.write_str("Sync Mode is Full"),
+            FullReason::ResyncDue => f.write_str("the periodic full resync is due"),
+            FullReason::TargetChanged => f.write_str("the lookup or its Devo target changed"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Full(FullReason),
+    Incremental,
+}
+
+/// A run refused before anything is sent (exit 7), unless the user allows mass deletes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error(
+        "refusing to delete {deleted} of the {existing} rows of the lookup: more than the Mass-Delete Guard of \
+         {max_percent}%; check the data collection, or run once with --allow-mass-delete"
+    )]
+    MassDelete { deleted: u64, existing: u64, max_percent: u8 },
+    #[error(
+        "the data collection came back empty but the lookup has {existing} rows; check the collection, or run \
+         once with --allow-mass-delete"
+    )]
+    EmptyCollection { existing: u64 },
+}
+
+/// The rows to add, change and delete. Row sets number spool rows of the [`Collected`] they were made from.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub action: Action,
+    pub added: RowSet,
+    pub changed: RowSet,
+    pub unchanged: u64,
+    /// Delivered keys no longer in the collection (a full replace removes them too).
+    pub deleted: u64,
+    /// Rows Devo holds according to the state (0 when there is none).
+    pub existing: u64,
+}
+
+impl Plan {
+    /// Compares the collected rows with what Devo holds; `full` forces a full replace.
+    pub fn new(collected: &Collected, state: Option<&State>, full: Option<FullReason>) -> Plan {
+        let (mut added, mut changed, mut unchanged) = (RowSet::default(), RowSet::default(), 0);
+        for (key, entry) in collected.index() {
+            match state.and_then(|s| s.content(*key)) {
+                None => added.insert(entry.row),
+                Some(content) if content != entry.content => changed.insert(entry.row),
+                Some(_) => unchanged += 1,
+            }
+        }
+        let deleted = state.map_or(0, |s| s.len() - (collected.unique() - added.len()));
+        let action = match (full, state) {
+            (Some(reason), _) => Action::Full(reason),
+            (None, None) => Action::Full(FullReason::NoState),
+            (None, Some(_)) => Action::Incremental,
+        };
+        Plan { action, added, changed, unchanged, deleted, existing: state.map_or(0, State::len) }
+    }
+
+    /// Rows to upsert in an incremental upload.
+    pub fn upserts(&self) -> RowSet {
+        self.added.union(&self.changed)
+    }
+
+    /// Whether anything would change in Devo.
+    pub fn is_noop(&self) -> bool {
+        self.action == Action::Incremental && self.added.is_empty() && self.changed.is_empty() && self.deleted == 0
+    }
+
+    /// The safety rails: an empty collection, or more deletions than the guard allows, stop the run.
+    pub fn check(&self, unique: u64, max_delete_percent: u8) -> Result<(), Refusal> {
+        if self.existing == 0 {
+            return Ok(());
+        }
+        if unique == 0 {
+            return Err(Refusal::EmptyCollection { existing: self.existing });
+        }
+        if self.deleted * 100 > self.existing * u64::from(max_delete_percent) {
+            return Err(Refusal::MassDelete {
+                deleted: self.deleted,
+                existing: self.existing,
+                max_percent: max_delete_percent,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::devo::{Row, RowSource};
+    use crate::export::COLUMNS;
+    use crate::export::state::KeySet;
+
+    fn row(key: &str, content: u8) -> Row {
+        let mut r = vec![String::new(); COLUMNS.len()];
+        r[0] = key.to_owned();
+        r[1] = content.to_string();
+        r
+    }
+
+    fn collect(dir: &std::path::Path, rows: &[Row]) -> Collected {
+        let mut c = Collected::new(dir, COLUMNS.len()).unwrap();
+        for r in rows {
+            c.push(r).unwrap();
+        }
+        c.finish().unwrap();
+        c
+    }
+
+    fn as_map(rows: impl IntoIterator<Item = Row>) -> BTreeMap<String, Row> {
+        rows.into_iter().map(|r| (r[0].clone(), r)).collect()
+    }
+
+    proptest! {
+        /// Applying the plan's upserts and deletions to what Devo held gives exactly the collection.
+        #[test]
+        fn applying_the_plan_converges(
+            before in prop::collection::btree_map("[a-e]{1,2}", 0u8..3, 0..20),
+            after in prop::collection::btree_map("[a-e]{1,2}", 0u8..3, 0..20),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.state");
+            let held: Vec<Row> = before.iter().map(|(k, c)| row(k, *c)).collect();
+            State::write(&path, 7, chrono::Utc::now(), &held).unwrap();
+            let state = State::load(&path).unwrap();
+
+            let now: Vec<Row> = after.iter().map(|(k, c)| row(k, *c)).collect();
+            let collected = collect(dir.path(), &now);
+            let plan = Plan::new(&collected, Some(&state), None);
+
+            let mut devo = as_map(held);
+            for r in collected.select(plan.upserts()).rows() {
+                let r = r.unwrap();
+                devo.insert(r[0].clone(), r);
+            }
+            let current: &dyn KeySet = collected.index();
+            let deletions = state.deletions(current, COLUMNS.len());
+            prop_assert_eq!(deletions.len(), plan.deleted);
+            for r in deletions.rows() {
+                devo.remove(&r.unwrap()[0]);
+            }
+            prop_assert_eq!(&devo, &as_map(now));
+            let changes = plan.added.len() + plan.changed.len() + plan.deleted;
+            prop_assert_eq!(plan.is_noop(), changes == 0);
+            prop_assert_eq!(plan.unchanged + plan.added.len() + plan.changed.len(), after.len() as u64);
+        }
+    }
+
+    #[test]
+    fn the_guard_stops_mass_deletes_and_an_emptied_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.state");
+        let held: Vec<Row> = (0..10).map(|i| row(&format!("k{i}"), 0)).collect();
+        State::write(&path, 7, chrono::Utc::now(), &held).unwrap();
+        let state = State::load(&path).unwrap();
+
+        let keep_four = collect(dir.path(), &held[..4]);
+        let plan = Plan::new(&keep_four, Some(&state), None);
+        assert_eq!(plan.deleted, 6);
+        assert_eq!(plan.check(4, 50), Err(Refusal::MassDelete { deleted: 6, existing: 10, max_percent: 50 }));
+        assert_eq!(plan.check(4, 60), Ok(()));
+
+        let empty = collect(dir.path(), &[]);
+        let plan = Plan::new(&empty, Some(&state), Some(FullReason::SyncModeFull));
+        assert_eq!(plan.check(0, 100), Err(Refusal::EmptyCollection { existing: 10 }));
+
+        let first_run = Plan::new(&empty, None, None);
+        assert_eq!((first_run.action.clone(), first_run.check(0, 0)), (Action::Full(FullReason::NoState), Ok(())));
+    }
+
+    #[test]
+    fn io_errors_of_a_vanished_state_file_surface_when_reading_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.state");
+        State::write(&path, 7, chrono::Utc::now(), &vec![row("a", 1)]).unwrap();
+        let state = State::load(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let none = std::collections::HashSet::new();
+        let err = state.deletions(&none, COLUMNS.len()).rows().next().unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}

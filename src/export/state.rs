@@ -1,0 +1,292 @@
+//! What Devo holds after the last accepted upload: IOC value → content digest, in a compact versioned file that is
+//! replaced atomically and only after Devo accepted an upload.
+//!
+//! File layout (little-endian): magic, version `u32`, target digest `u128`, last full replace (unix seconds `i64`),
+//! row count `u64`, then per row the key's length `u32`, the key's UTF-8 bytes and the row's content digest `u128`;
+//! last, the BLAKE3 hash of everything before it, so a torn or edited file is detected.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use super::collect::{Digest, digest_key, digest_row};
+use crate::devo::{Row, RowSource};
+
+const MAGIC: &[u8; 12] = b"TQDEVO-STATE";
+const VERSION: u32 = 1;
+/// Longest key accepted when reading, so a corrupt length cannot ask for gigabytes.
+const MAX_KEY: u32 = 1 << 20;
+
+/// The delivered state of one instance.
+#[derive(Debug)]
+pub struct State {
+    path: PathBuf,
+    /// What the rows meant when delivered (lookup, columns, upload target); see [`target_digest`].
+    pub target: Digest,
+    pub last_full_at: DateTime<Utc>,
+    delivered: HashMap<Digest, Digest>,
+}
+
+/// Why no usable state was loaded.
+#[derive(Debug)]
+pub enum Unusable {
+    Missing,
+    Corrupt(String),
+}
+
+/// A set of key digests: what the collection holds now.
+pub trait KeySet: Sync {
+    fn has(&self, key: Digest) -> bool;
+}
+
+impl<V: Sync> KeySet for HashMap<Digest, V> {
+    fn has(&self, key: Digest) -> bool {
+        self.contains_key(&key)
+    }
+}
+
+impl KeySet for HashSet<Digest> {
+    fn has(&self, key: Digest) -> bool {
+        self.contains(&key)
+    }
+}
+
+/// A digest of everything that gives the rows their meaning in Devo; when it changes, a full replace is due.
+pub fn target_digest(parts: &[&str]) -> Digest {
+    digest_row(&parts.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
+}
+
+struct Header {
+    target: Digest,
+    last_full_at: i64,
+    count: u64,
+}
+
+/// Reads the file while hashing it, to check the trailing checksum.
+struct Checked<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> Checked<R> {
+    fn exact<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        let mut buf = [0; N];
+        self.inner.read_exact(&mut buf)?;
+        self.hasher.update(&buf);
+        Ok(buf)
+    }
+
+    fn header(&mut self) -> io::Result<Header> {
+        if &self.exact::<12>()? != MAGIC {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a state file"));
+        }
+        let version = u32::from_le_bytes(self.exact()?);
+        if version != VERSION {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("state version {version} is unknown")));
+        }
+        Ok(Header {
+            target: u128::from_le_bytes(self.exact()?),
+            last_full_at: i64::from_le_bytes(self.exact()?),
+            count: u64::from_le_bytes(self.exact()?),
+        })
+    }
+
+    fn record(&mut self) -> io::Result<(String, Digest)> {
+        let len = u32::from_le_bytes(self.exact()?);
+        if len > MAX_KEY {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "key longer than 1 MiB"));
+        }
+        let mut key = vec![0; len as usize];
+        self.inner.read_exact(&mut key)?;
+        self.hasher.update(&key);
+        let key = String::from_utf8(key).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "key not UTF-8"))?;
+        Ok((key, u128::from_le_bytes(self.exact()?)))
+    }
+
+    fn verify_end(mut self) -> io::Result<()> {
+        let expected = self.hasher.finalize();
+        let mut stored = [0; 32];
+        self.inner.read_exact(&mut stored)?;
+        let mut rest = [0; 1];
+        if stored != *expected.as_bytes() || self.inner.read(&mut rest)? != 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "checksum mismatch"));
+        }
+        Ok(())
+    }
+}
+
+fn open(path: &Path) -> io::Result<(Checked<BufReader<File>>, Header)> {
+    let mut reader = Checked { inner: BufReader::new(File::open(path)?), hasher: blake3::Hasher::new() };
+    let header = reader.header()?;
+    Ok((reader, header))
+}
+
+impl State {
+    /// Loads the state; a missing or damaged file is reported, never fatal: the caller does a full replace.
+    pub fn load(path: &Path) -> Result<State, Unusable> {
+        let read = || -> io::Result<State> {
+            let (mut reader, header) = open(path)?;
+            let mut delivered = HashMap::with_capacity(header.count.min(1 << 24) as usize);
+            for _ in 0..header.count {
+                let (key, content) = reader.record()?;
+                delivered.insert(digest_key(&key), content);
+            }
+            reader.verify_end()?;
+            Ok(State {
+                path: path.to_owned(),
+                target: header.target,
+                last_full_at: DateTime::from_timestamp(header.last_full_at, 0).unwrap_or_default(),
+                delivered,
+            })
+        };
+        match read() {
+            Ok(state) => Ok(state),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Unusable::Missing),
+            Err(e) => Err(Unusable::Corrupt(e.to_string())),
+        }
+    }
+
+    /// Rows Devo holds.
+    pub fn len(&self) -> u64 {
+        self.delivered.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.delivered.is_empty()
+    }
+
+    /// The content digest Devo holds for a key, if it holds the key.
+    pub fn content(&self, key: Digest) -> Option<Digest> {
+        self.delivered.get(&key).copied()
+    }
+
+    /// Delivered keys that are not in `current`, as delete rows (`columns` wide, only the key set), read back from
+    /// the file so the keys themselves never sit in memory.
+    pub fn deletions<'a>(&'a self, current: &'a dyn KeySet, columns: usize) -> Deletions<'a> {
+        let count = self.delivered.keys().filter(|k| !current.has(**k)).count() as u64;
+        Deletions { path: &self.path, current, columns, count }
+    }
+
+    /// Replaces the state file with `rows` (what Devo now holds): temp file, fsync, rename, fsync of the folder.
+    pub fn write(path: &Path, target: Digest, last_full_at: DateTime<Utc>, rows: &dyn RowSource) -> io::Result<()> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new().prefix(".state-").tempfile_in(dir)?;
+        {
+            let mut out = BufWriter::new(tmp.as_file_mut());
+            let mut hasher = blake3::Hasher::new();
+            let mut put = |bytes: &[u8]| -> io::Result<()> {
+                hasher.update(bytes);
+                out.write_all(bytes)
+            };
+            put(MAGIC)?;
+            put(&VERSION.to_le_bytes())?;
+            put(&target.to_le_bytes())?;
+            put(&last_full_at.timestamp().to_le_bytes())?;
+            put(&rows.len().to_le_bytes())?;
+            let mut written = 0u64;
+            for row in rows.rows() {
+                let row = row?;
+                let key = row[0].as_bytes();
+                let len = u32::try_from(key.len()).ok().filter(|l| *l <= MAX_KEY).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "an IOC value is longer than 1 MiB")
+                })?;
+                put(&len.to_le_bytes())?;
+                put(key)?;
+                put(&digest_row(&row).to_le_bytes())?;
+                written += 1;
+            }
+            if written != rows.len() {
+                return Err(io::Error::other("the rows changed while the state was written"));
+            }
+            out.write_all(hasher.finalize().as_bytes())?;
+            out.flush()?;
+        }
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// Delete rows for keys Devo holds that the collection no longer has.
+pub struct Deletions<'a> {
+    path: &'a Path,
+    current: &'a dyn KeySet,
+    columns: usize,
+    count: u64,
+}
+
+impl RowSource for Deletions<'_> {
+    fn rows(&self) -> Box<dyn Iterator<Item = io::Result<Row>> + Send + '_> {
+        let (mut reader, header) = match open(self.path) {
+            Ok(opened) => opened,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        let columns = self.columns;
+        Box::new(
+            (0..header.count)
+                .map(move |_| reader.record())
+                .filter(|r| r.as_ref().map_or(true, |(key, _)| !self.current.has(digest_key(key))))
+                .map(move |r| {
+                    r.map(|(key, _)| {
+                        let mut row = vec![String::new(); columns];
+                        row[0] = key;
+                        row
+                    })
+                }),
+        )
+    }
+
+    fn len(&self) -> u64 {
+        self.count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(keys: &[&str]) -> Vec<Row> {
+        keys.iter().map(|k| vec![(*k).to_owned(), format!("v-{k}")]).collect()
+    }
+
+    #[test]
+    fn round_trip_and_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.state");
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        State::write(&path, 42, at, &rows(&["a", "b\nc", "日本"])).unwrap();
+        let state = State::load(&path).unwrap();
+        assert_eq!((state.len(), state.target, state.last_full_at), (3, 42, at));
+        let a = vec!["a".to_owned(), "v-a".to_owned()];
+        assert_eq!(state.content(digest_key("a")), Some(digest_row(&a)));
+
+        let current: HashSet<Digest> = [digest_key("a")].into();
+        let deletions = state.deletions(&current, 2);
+        assert_eq!(deletions.len(), 2);
+        let got: Vec<Row> = deletions.rows().collect::<io::Result<_>>().unwrap();
+        assert_eq!(got, vec![vec!["b\nc".to_owned(), String::new()], vec!["日本".to_owned(), String::new()]]);
+    }
+
+    #[test]
+    fn missing_torn_and_foreign_files_are_unusable_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.state");
+        assert!(matches!(State::load(&path), Err(Unusable::Missing)));
+
+        State::write(&path, 1, Utc::now(), &rows(&["a", "b"])).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for cut in [0, 5, 20, bytes.len() - 1] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            assert!(matches!(State::load(&path), Err(Unusable::Corrupt(_))), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[50] ^= 1;
+        std::fs::write(&path, flipped).unwrap();
+        assert!(matches!(State::load(&path), Err(Unusable::Corrupt(_))));
+        std::fs::write(&path, b"{\"json\": true}").unwrap();
+        assert!(matches!(State::load(&path), Err(Unusable::Corrupt(_))));
+    }
+}
