@@ -1,0 +1,190 @@
+//! One export: pages of IOCs → rows → plan against the delivered state → upload → new state.
+//!
+//! The state moves only after Devo accepted the upload, so a failure at any point leaves the next run to send
+//! the same changes again (upserts and deletions are idempotent) and converge.
+
+use std::path::Path;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+
+use crate::Error;
+use crate::connector::config::{Settings, SyncMode};
+use crate::devo::{Delivery, Row, RowSource, Uploader};
+use crate::export::{self, Action, Collected, Digest, FullReason, Plan, State, Unusable};
+use crate::threatq::{self, Indicator};
+
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Print the plan; upload nothing and keep the state.
+    pub dry_run: bool,
+    /// Let the run delete more than the Mass-Delete Guard allows, or empty the lookup.
+    pub allow_mass_delete: bool,
+    pub now: DateTime<Utc>,
+}
+
+/// What a run did, for the summary line, `last-run.json` and the ThreatQ record.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// `full` or `incremental`.
+    pub action: String,
+    /// Why a full replace was chosen.
+    pub reason: Option<String>,
+    pub fetched: u64,
+    pub unique: u64,
+    pub added: u64,
+    pub changed: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    pub duplicates: u64,
+    /// Rows Devo accepted (0 on a dry run or when nothing changed).
+    pub sent: u64,
+    pub seconds: f64,
+    pub dry_run: bool,
+    /// The first rows of each action, on a dry run: `(action, row)`.
+    #[serde(skip)]
+    pub preview: Vec<(&'static str, Row)>,
+}
+
+impl Summary {
+    /// The one-line summary of `product.md` "Outputs of a run".
+    pub fn line(&self) -> String {
+        format!(
+            "{}{} sync: fetched {}, unique {}, added {}, changed {}, deleted {}, unchanged {}, duplicates {}, {:.1} s",
+            if self.dry_run { "dry run of a " } else { "" },
+            self.action,
+            self.fetched,
+            self.unique,
+            self.added,
+            self.changed,
+            self.deleted,
+            self.unchanged,
+            self.duplicates,
+            self.seconds
+        )
+    }
+}
+
+/// How many rows of each action a dry run shows.
+const PREVIEW_ROWS: usize = 5;
+
+/// Everything that gives the rows their meaning in Devo: a change means the state says nothing about the lookup.
+pub fn target_of(settings: &Settings, uploader: &dyn Uploader) -> Digest {
+    let table = export::table(&settings.lookup_table_name);
+    let columns: Vec<String> = table.columns.iter().map(|c| format!("{}:{:?}", c.name, c.ty)).collect();
+    export::target_digest(&[&table.name, &columns.join(","), &uploader.describe()])
+}
+
+fn full_reason(settings: &Settings, state: &Result<State, Unusable>, target: Digest, now: DateTime<Utc>) -> Option<FullReason> {
+    match state {
+        Err(Unusable::Missing) => Some(FullReason::NoState),
+        Err(Unusable::Corrupt(why)) => Some(FullReason::UnusableState(why.clone())),
+        Ok(_) if settings.sync_mode == SyncMode::Full => Some(FullReason::SyncModeFull),
+        Ok(state) if state.target != target => Some(FullReason::TargetChanged),
+        Ok(state) if (now - state.last_full_at).to_std().unwrap_or_default() >= settings.full_resync_every => {
+            Some(FullReason::ResyncDue)
+        }
+        Ok(_) => None,
+    }
+}
+
+/// Runs one export of `pages` into the lookup of `settings` through `uploader`, keeping the state at `state_path`.
+/// `on_page` is told how many IOCs were read so far.
+pub async fn sync<S>(
+    pages: S,
+    settings: &Settings,
+    uploader: &dyn Uploader,
+    state_path: &Path,
+    options: &SyncOptions,
+    mut on_page: impl FnMut(u64),
+) -> Result<Summary, Error>
+where
+    S: Stream<Item = Result<Vec<Indicator>, threatq::Error>>,
+{
+    let started = Instant::now();
+    let table = export::table(&settings.lookup_table_name);
+    let target = target_of(settings, uploader);
+    let loaded = State::load(state_path);
+    if let Err(Unusable::Corrupt(why)) = &loaded {
+        tracing::warn!(path = %state_path.display(), "the delivered state is unusable ({why}); doing a full replace");
+    }
+    let full = full_reason(settings, &loaded, target, options.now);
+    let state = loaded.ok();
+
+    let dir = state_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let spool_error = |e| Error::io(format!("writing the row spool in {}", dir.display()), e);
+    let mut collected = Collected::new(dir, table.columns.len()).map_err(spool_error)?;
+    let mut pages = std::pin::pin!(pages);
+    while let Some(page) = pages.next().await {
+        for ioc in page? {
+            collected.push(&export::map_indicator(&ioc, &settings.threatq_hostname)).map_err(spool_error)?;
+        }
+        on_page(collected.fetched());
+    }
+    collected.finish().map_err(spool_error)?;
+
+    let plan = Plan::new(&collected, state.as_ref(), full);
+    if !options.allow_mass_delete {
+        plan.check(collected.unique(), settings.max_delete_percent)?;
+    }
+    let deletions = state.as_ref().map(|s| s.deletions(collected.index(), table.columns.len()));
+    let mut summary = Summary {
+        action: match plan.action {
+            Action::Full(_) => "full".into(),
+            Action::Incremental => "incremental".into(),
+        },
+        reason: match &plan.action {
+            Action::Full(reason) => Some(reason.to_string()),
+            Action::Incremental => None,
+        },
+        fetched: collected.fetched(),
+        unique: collected.unique(),
+        added: plan.added.len(),
+        changed: plan.changed.len(),
+        deleted: plan.deleted,
+        unchanged: plan.unchanged,
+        duplicates: collected.duplicates(),
+        sent: 0,
+        seconds: 0.0,
+        dry_run: options.dry_run,
+        preview: Vec::new(),
+    };
+
+    let rows_error = |e| Error::io("reading the row spool", e);
+    if options.dry_run {
+        let mut preview = |action: &'static str, rows: &dyn RowSource| -> Result<(), Error> {
+            for row in rows.rows().take(PREVIEW_ROWS) {
+                summary.preview.push((action, row.map_err(rows_error)?));
+            }
+            Ok(())
+        };
+        preview("add", &collected.select(plan.added.clone()))?;
+        preview("change", &collected.select(plan.changed.clone()))?;
+        if let Some(deletions) = &deletions {
+            preview("delete", deletions)?;
+        }
+    } else if !plan.is_noop() {
+        let all = collected.all();
+        let upserts = collected.select(plan.upserts());
+        let no_deletions: Vec<Row> = Vec::new();
+        let delivery = match plan.action {
+            Action::Full(_) => Delivery::Full(&all),
+            Action::Incremental => Delivery::Changes {
+                upserts: &upserts,
+                deletes: deletions.as_ref().map_or(&no_deletions as &dyn RowSource, |d| d as &dyn RowSource),
+            },
+        };
+        let receipt = uploader.deliver(&table, delivery).await?;
+        tracing::info!(reference = %receipt.reference, attempts = receipt.attempts, "Devo accepted the upload");
+        summary.sent = receipt.rows_sent;
+        let last_full = match (&plan.action, &state) {
+            (Action::Incremental, Some(state)) => state.last_full_at,
+            _ => options.now,
+        };
+        State::write(state_path, target, last_full, &all)
+            .map_err(|e| Error::io(format!("writing the delivered state {}", state_path.display()), e))?;
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
