@@ -17,6 +17,8 @@ pub enum Error {
     Devo(#[from] devo::Error),
     #[error("another run holds the lock (pid {pid}, running for {age_seconds} s); try again later")]
     Locked { pid: u32, age_seconds: u64 },
+    #[error("the run lock {} is held by pid {pid}, which {reason}; stop that process, then run again", .path.display())]
+    LockHeld { path: std::path::PathBuf, pid: u32, reason: String },
     #[error(
         "refusing to delete {deletes} of {existing} rows of the lookup (more than the Mass-Delete Guard of \
          {max_percent}%); check the data collection, or run once with --allow-mass-delete"
@@ -41,7 +43,7 @@ impl Error {
             Error::Config(_) | Error::LocalConfig(_) | Error::Devo(devo::Error::Config(_)) => 3,
             Error::ThreatQ(_) => 4,
             Error::Devo(_) => 5,
-            Error::Locked { .. } => 6,
+            Error::Locked { .. } | Error::LockHeld { .. } => 6,
             Error::MassDelete { .. } | Error::EmptyCollection { .. } => 7,
             Error::Other(_) | Error::Io { .. } => 1,
         }
