@@ -27,8 +27,10 @@ that configuration from ThreatQ and exports the collection to Devo.";
 
 const AFTER_HELP: &str = "\
 Examples:
-  tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll /var/log/tq_labs/ -v3     first run (setup), then each run
-  tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll /var/log/tq_labs/ -v3 --cron \"0 */2 * * *\"
+  First run (setup), then every run:
+    tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll /var/log/tq_labs/ -v3
+  Run every two hours from cron:
+    tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll /var/log/tq_labs/ -v3 --cron \"0 */2 * * *\"
 
 See --help for the exit codes and environment variables.";
 
@@ -262,12 +264,16 @@ impl Invocation {
         let text = match &self.command {
             Command::Schema => Ok(config::pretty_json(config::schema())),
             Command::Manifest => Ok(config::pretty_json(&config::definition(Some(&self.name)))),
-            Command::Doctor => setup::doctor_lines(&self.config_dir, &self.name, &self.cron_dir, &process_env)
-                .map(|lines| lines.join("\n") + "\n"),
+            Command::Doctor => self.doctor(),
             Command::Cron(schedule) => self.install_cron(schedule),
             Command::Run | Command::Demo | Command::Sandbox => return None,
         };
         Some(text.and_then(|text| out.write_all(text.as_bytes()).map_err(|e| Error::io("writing to stdout", e))))
+    }
+
+    fn doctor(&self) -> Result<String, Error> {
+        let lines = setup::doctor_lines(&absolute(&self.config_dir)?, &self.name, &self.cron_dir, &process_env)?;
+        Ok(lines.join("\n") + "\n")
     }
 
     fn install_cron(&self, schedule: &Schedule) -> Result<String, Error> {

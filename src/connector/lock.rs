@@ -313,7 +313,7 @@ mod tests {
     /// flock(1) writes nothing into the file, so only the lock itself tells it is held.
     fn wait_until_held_by_anyone(lock_path: &Path) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while lock_path.exists().then(|| try_lock(lock_path).unwrap().is_ok()).unwrap_or(true) {
+        while !lock_path.exists() || try_lock(lock_path).unwrap().is_ok() {
             assert!(Instant::now() < deadline, "flock never took the lock");
             std::thread::sleep(POLL);
         }

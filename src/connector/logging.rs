@@ -45,16 +45,24 @@ impl Verbosity {
     }
 }
 
-/// Keeps the background log writer alive; dropping it flushes the last lines.
+/// Keeps the background file writer alive; dropping it flushes the last lines.
 #[must_use = "logging stops when the guard is dropped"]
 pub struct LogGuard {
-    _writer: WorkerGuard,
+    _writer: Option<WorkerGuard>,
 }
 
 /// Installs the process-wide subscriber. A subscriber already installed (tests) is left in place.
 pub fn init(target: &LogTarget, verbosity: Verbosity, instance: &str) -> Result<LogGuard, Error> {
-    let (writer, guard) = match target {
-        LogTarget::Stdout => tracing_appender::non_blocking(std::io::stdout()),
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(verbosity.filter())
+        .with_ansi(false)
+        .with_target(verbosity.level() == 3);
+    match target {
+        // Written in place, so log lines and the command's own output on stdout keep their order.
+        LogTarget::Stdout => {
+            let _already_set = subscriber.with_writer(std::io::stdout).try_init();
+            Ok(LogGuard { _writer: None })
+        }
         LogTarget::Dir(dir) => {
             let appender = Builder::new()
                 .rotation(Rotation::DAILY)
@@ -62,16 +70,11 @@ pub fn init(target: &LogTarget, verbosity: Verbosity, instance: &str) -> Result<
                 .filename_suffix("log")
                 .build(dir)
                 .map_err(|e| Error::Usage(format!("-ll {}: cannot write a log file there: {e}", dir.display())))?;
-            tracing_appender::non_blocking(appender)
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let _already_set = subscriber.with_writer(writer).try_init();
+            Ok(LogGuard { _writer: Some(guard) })
         }
-    };
-    let _already_set = tracing_subscriber::fmt()
-        .with_env_filter(verbosity.filter())
-        .with_writer(writer)
-        .with_ansi(false)
-        .with_target(verbosity.level() == 3)
-        .try_init();
-    Ok(LogGuard { _writer: guard })
+    }
 }
 
 #[cfg(test)]

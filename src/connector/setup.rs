@@ -280,7 +280,6 @@ mod tests {
                 async { Ok::<_, Error>(registry) }
             },
         ));
-        drop(prompter);
         (result, String::from_utf8(output).unwrap(), seen)
     }
 
