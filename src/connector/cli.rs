@@ -292,11 +292,17 @@ impl Invocation {
         };
         let path = cron::path(&self.cron_dir, &self.name);
         Ok(match cron::install(&self.cron_dir, &self.name, &job)? {
-            cron::Outcome::Written => format!(
-                "Wrote {} (commented out until a run finds the connector configured in ThreatQ):\n#{}\n",
-                path.display(),
-                job.line()
-            ),
+            cron::Outcome::Written => {
+                let mut text = format!(
+                    "Wrote {} (commented out until a run finds the connector configured in ThreatQ):\n#{}\n",
+                    path.display(),
+                    job.line()
+                );
+                if self.log == LogTarget::Stdout {
+                    text.push_str("Note: without -ll DIR the job logs to stdout, which cron mails to root.\n");
+                }
+                text
+            }
             cron::Outcome::Unchanged => format!("{} already holds this job; left unchanged\n", path.display()),
         })
     }

@@ -77,6 +77,12 @@ impl LocalConfig {
         }
     }
 
+    /// Client options for a configured run: [`Self::client_options`] with the password from `THREATQ_PASSWORD`
+    /// or the store.
+    pub fn options_for_run(&self, dir: &Path, env: Env) -> Result<ClientOptions, Error> {
+        self.client_options(super::secrets::password(dir, &self.instance, self.secrets, env)?, env)
+    }
+
     /// Client options for this run: the host (see [`Self::effective_host`]), `THREATQ_CA_FILE` and the explicit
     /// `THREATQ_TLS_VERIFY=false` opt-out, which is logged.
     pub fn client_options(&self, password: SecretString, env: Env) -> Result<ClientOptions, Error> {
@@ -182,6 +188,17 @@ pub(crate) mod tests {
         assert_eq!(options.password.expose_secret(), "pw");
         assert!(options.tls_verify);
         assert_eq!(options.ca_file, None);
+    }
+
+    #[test]
+    fn a_configured_run_signs_in_with_the_stored_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sample(Some("tq.example.com"));
+        super::super::secrets::store(dir.path(), &config.instance, Backend::File, &"stored".to_owned().into()).unwrap();
+        let options = config.options_for_run(dir.path(), &env_of(&[])).unwrap();
+        assert_eq!((options.host.as_str(), options.username.as_str()), ("tq.example.com", "analyst@example.com"));
+        assert_eq!(options.password.expose_secret(), "stored");
+        assert!(!format!("{options:?}").contains("stored"), "options never print the password");
     }
 
     #[test]

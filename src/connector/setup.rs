@@ -317,6 +317,39 @@ mod tests {
         assert_eq!(password.expose_secret(), "hunter2");
     }
 
+    /// Log lines written while the setup runs at the highest verbosity.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_password_never_reaches_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let answers = "tq.example.com\ncid\nu\nhunter2-secret\n\n";
+        let env = [("TQ_SECRETS_BACKEND", "file"), ("THREATQ_TLS_VERIFY", "false")];
+        let (result, printed, _) =
+            tracing::subscriber::with_default(subscriber, || setup(dir.path(), answers, &env, Arc::default()));
+        result.unwrap();
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("registered with ThreatQ") && logged.contains("NOT verified"), "{logged}");
+        assert!(!logged.contains("hunter2-secret") && !printed.contains("hunter2-secret"));
+    }
+
     #[test]
     fn environment_variables_answer_without_prompts_and_a_blank_host_means_from_env() {
         let dir = tempfile::tempdir().unwrap();
