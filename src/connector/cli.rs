@@ -272,7 +272,7 @@ impl Invocation {
     }
 
     fn doctor(&self) -> Result<String, Error> {
-        let lines = setup::doctor_lines(&absolute(&self.config_dir)?, &self.name, &self.cron_dir, &process_env)?;
+        let lines = setup::doctor_lines(&absolute(&self.config_dir)?, &self.name, &self.cron_dir, &process_env);
         Ok(lines.join("\n") + "\n")
     }
 

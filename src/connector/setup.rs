@@ -165,17 +165,18 @@ where
 }
 
 /// `doctor`'s view of this host: the stored configuration, where the password is (never the password), the
-/// run lock and the cron file, one `label: value` line each.
-pub fn doctor_lines(dir: &Path, name: &str, cron_dir: &Path, env: Env) -> Result<Vec<String>, Error> {
+/// run lock and the cron file, one `label: value` line each. A part that cannot be read is reported in its line.
+pub fn doctor_lines(dir: &Path, name: &str, cron_dir: &Path, env: Env) -> Vec<String> {
     let line = |label: &str, value: String| format!("{:<18} {value}", format!("{label}:"));
     let mut lines = vec![line("Instance", name.to_owned()), line("Config directory", dir.display().to_string())];
     let config_path = local::path(dir, name);
-    match LocalConfig::load(dir, name)? {
-        None => lines.push(line(
+    match LocalConfig::load(dir, name) {
+        Err(e) => lines.push(line("Local config", e.to_string())),
+        Ok(None) => lines.push(line(
             "Local config",
             format!("{} absent: run without a subcommand to set up", config_path.display()),
         )),
-        Some(local) => {
+        Ok(Some(local)) => {
             lines.push(line("Local config", config_path.display().to_string()));
             let host = match (&local.host, env("THREATQ_HOST")) {
                 (Some(host), _) => host.clone(),
@@ -189,13 +190,14 @@ pub fn doctor_lines(dir: &Path, name: &str, cron_dir: &Path, env: Env) -> Result
             lines.push(line("Password", password_whereabouts(dir, &local, env)));
         }
     }
-    let lock = match lock::state(dir, name)? {
-        LockState::Free => "free".to_owned(),
-        LockState::Held { pid, age_seconds } => format!("held by pid {pid} for {age_seconds} s"),
+    let lock = match lock::state(dir, name) {
+        Ok(LockState::Free) => "free".to_owned(),
+        Ok(LockState::Held { pid, age_seconds }) => format!("held by pid {pid} for {age_seconds} s"),
+        Err(e) => e.to_string(),
     };
     lines.push(line("Run lock", lock));
     lines.push(line("Cron file", cron::describe(cron_dir, name)));
-    Ok(lines)
+    lines
 }
 
 /// Where the password is and whether it is there; never the password.
@@ -405,8 +407,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cron_dir = tempfile::tempdir().unwrap();
         let none = env_of(&[]);
-        let before = doctor_lines(dir.path(), "inst", cron_dir.path(), &none).unwrap().join("\n");
+        let before = doctor_lines(dir.path(), "inst", cron_dir.path(), &none).join("\n");
         assert!(before.contains("absent: run without a subcommand"), "{before}");
+        std::fs::write(local::path(dir.path(), "inst"), "{").unwrap();
+        let damaged = doctor_lines(dir.path(), "inst", cron_dir.path(), &none).join("\n");
+        assert!(damaged.contains("is damaged") && damaged.contains("Run lock:"), "{damaged}");
 
         let local = LocalConfig {
             instance: "inst".into(),
@@ -420,7 +425,7 @@ mod tests {
         local.save(dir.path()).unwrap();
         let _guard = lock::acquire(dir.path(), "inst", std::time::Duration::from_secs(60)).unwrap();
         let env = env_of(&[("THREATQ_HOST", "tq.v6")]);
-        let after = doctor_lines(dir.path(), "inst", cron_dir.path(), &env).unwrap().join("\n");
+        let after = doctor_lines(dir.path(), "inst", cron_dir.path(), &env).join("\n");
         assert!(after.contains("tq.v6 (from THREATQ_HOST)"), "{after}");
         assert!(after.contains("stored in") && after.contains("inst.secrets.json"), "{after}");
         assert!(after.contains(&format!("held by pid {}", std::process::id())), "{after}");
