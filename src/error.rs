@@ -19,6 +19,8 @@ pub enum Error {
     Locked { pid: u32, age_seconds: u64 },
     #[error(transparent)]
     Refused(#[from] export::Refusal),
+    #[error("the run lock {} is held by pid {pid}, which {reason}; stop that process, then run again", .path.display())]
+    LockHeld { path: std::path::PathBuf, pid: u32, reason: String },
     #[error("{0}")]
     Other(String),
     #[error("{context}: {source}")]
@@ -33,7 +35,7 @@ impl Error {
             Error::Config(_) | Error::LocalConfig(_) | Error::Devo(devo::Error::Config(_)) => 3,
             Error::ThreatQ(_) => 4,
             Error::Devo(_) => 5,
-            Error::Locked { .. } => 6,
+            Error::Locked { .. } | Error::LockHeld { .. } => 6,
             Error::Refused(_) => 7,
             Error::Other(_) | Error::Io { .. } => 1,
         }

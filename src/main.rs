@@ -1,5 +1,25 @@
+//! The binary: parse the command line, run, turn the outcome into a message and the documented exit code.
+
 use std::process::ExitCode;
 
+use tqdevo::connector::cli;
+
 fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let invocation = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let result =
+        invocation.start_logging().and_then(|_log| match invocation.run_local(&mut std::io::stdout().lock()) {
+            Some(result) => result,
+            // The run, `demo` and `sandbox`: the run orchestration (src/connector/run.rs) plugs in here.
+            None => Err(tqdevo::Error::Other(format!(
+                "{:?} needs the ThreatQ client, not in this build",
+                invocation.command
+            ))),
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.code())
+        }
+    }
 }
