@@ -194,8 +194,6 @@ pub struct LookupEncoder {
     data_prefix: String,
     delete_prefix: String,
     headers: String,
-    /// Columns after the key, for the empty fields of a `.DELETE` row.
-    other_columns: usize,
 }
 
 impl LookupEncoder {
@@ -208,7 +206,6 @@ impl LookupEncoder {
             data_prefix: prefix(format!("my.lookup.data.{name}")),
             delete_prefix: prefix(format!("my.lookup.data.{name}.DELETE")),
             headers: headers_json(table),
-            other_columns: table.columns.len().saturating_sub(1),
             run_id,
         }
     }
@@ -236,22 +233,21 @@ impl LookupEncoder {
 
     /// An add/update row: `values` in column order, key first.
     pub fn row<S: AsRef<str>>(&self, values: &[S], out: &mut String) {
-        out.push_str(&self.data_prefix);
+        Self::data_line(&self.data_prefix, values, self.mode, out);
+    }
+
+    /// A `.DELETE` row: only the key (first value) counts; the uploader sends the other values empty.
+    pub fn delete<S: AsRef<str>>(&self, values: &[S], out: &mut String) {
+        Self::data_line(&self.delete_prefix, values, self.mode, out);
+    }
+
+    fn data_line<S: AsRef<str>>(prefix: &str, values: &[S], mode: EncoderMode, out: &mut String) {
+        out.push_str(prefix);
         for (i, value) in values.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            push_field(out, value.as_ref(), self.mode);
-        }
-        out.push('\n');
-    }
-
-    /// A `.DELETE` row: the key, and an empty value for every other column (only the key counts).
-    pub fn delete(&self, key: &str, out: &mut String) {
-        out.push_str(&self.delete_prefix);
-        push_field(out, key, self.mode);
-        for _ in 0..self.other_columns {
-            out.push_str(",\"\"");
+            push_field(out, value.as_ref(), mode);
         }
         out.push('\n');
     }
@@ -341,7 +337,7 @@ mod tests {
         let mut out = String::new();
         enc.start(&mut out);
         enc.row(&["1.2.3.4", "80"], &mut out);
-        enc.delete("evil.com", &mut out);
+        enc.delete(&["evil.com", ""], &mut out);
         enc.end(&mut out);
         let headers = r#"[{"ioc":{"type":"str","key":true}},{"score":{"type":"int8"}}]"#;
         assert_eq!(

@@ -236,12 +236,15 @@ impl RelayUploader {
                 conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
             }
         }
+        // A delete carries the key and empty other values.
+        let mut delete_values = vec![String::new(); table.columns.len()];
         for row in deletes.into_iter().flat_map(|d| d.rows()) {
             let row = row.map_err(devo::Error::Rows)?;
             let key = row.first().ok_or_else(|| {
                 devo::Error::Rows(io::Error::new(io::ErrorKind::InvalidData, "a row to delete has no key"))
             })?;
-            encoder.delete(key, &mut lines);
+            delete_values[0].clone_from(key);
+            encoder.delete(&delete_values, &mut lines);
             sent += 1;
             if lines.len() >= WRITE_BATCH {
                 conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
