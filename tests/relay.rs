@@ -519,3 +519,135 @@ proptest! {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------- off-the-shelf server
+
+/// rsyslogd run as a plain process with its own configuration; killed when dropped.
+struct Rsyslog {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Rsyslog {
+    /// Listens on a random loopback port with TLS (OpenSSL driver) and requires a client certificate signed by
+    /// `ca`; writes every message, exactly as received, as one line of `received.log`.
+    fn start(ca: &TestCa) -> (Self, u16) {
+        let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"].into_iter().find(|p| Path::new(p).exists());
+        let rsyslogd =
+            rsyslogd.expect("rsyslogd is missing: run `scripts/setup-test-deps` (Debian rsyslog, rsyslog-openssl)");
+        let dir = tempfile::tempdir().unwrap();
+        let server = ca.server(&[]);
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(path("ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(path("server.pem"), &server.cert_pem).unwrap();
+        std::fs::write(path("server.key"), &server.key_pem).unwrap();
+        let conf = format!(
+            r#"global(workDirectory="{dir}" maxMessageSize="64k" parser.escapeControlCharactersOnReceive="off"
+       defaultNetstreamDriver="ossl" defaultNetstreamDriverCAFile="{ca}"
+       defaultNetstreamDriverCertFile="{cert}" defaultNetstreamDriverKeyFile="{key}")
+module(load="imtcp" streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")
+input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{port}")
+template(name="raw" type="string" string="%rawmsg%\n")
+action(type="omfile" file="{out}" template="raw" flushOnTXEnd="on")
+"#,
+            dir = dir.path().display(),
+            ca = path("ca.pem"),
+            cert = path("server.pem"),
+            key = path("server.key"),
+            port = path("port"),
+            out = path("received.log"),
+        );
+        std::fs::write(path("rsyslog.conf"), conf).unwrap();
+        let log = std::fs::File::create(path("rsyslogd.out")).unwrap();
+        let child = std::process::Command::new(rsyslogd)
+            .args(["-n", "-f", &path("rsyslog.conf"), "-i", &path("rsyslogd.pid")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let rsyslog = Self { child, dir };
+        let port = rsyslog.wait_for("the listening port", |d| {
+            std::fs::read_to_string(d.join("port")).ok().and_then(|p| p.trim().parse::<u16>().ok())
+        });
+        (rsyslog, port)
+    }
+
+    /// Polls for up to 20 s; panics with rsyslogd's own output if `check` never succeeds.
+    fn wait_for<T>(&self, what: &str, check: impl Fn(&Path) -> Option<T>) -> T {
+        for _ in 0..200 {
+            if let Some(found) = check(self.dir.path()) {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let output = std::fs::read_to_string(self.dir.path().join("rsyslogd.out")).unwrap_or_default();
+        panic!("rsyslogd: no {what} after 20 s; its output:\n{output}");
+    }
+
+    fn received(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("received.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn rsyslog_over_mutual_tls_receives_exactly_the_lines_sent() {
+    tqdevo::init_tls();
+    let ca = TestCa::new("Relay Test CA");
+    let (rsyslog, port) = Rsyslog::start(&ca);
+
+    // A client without a certificate gets nothing in.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::pem::PemObject::from_pem_slice(ca.cert_pem().as_bytes()).unwrap()).unwrap();
+    let anonymous = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let refused = within("anonymous client", async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(anonymous));
+        let mut tls = connector.connect("localhost".try_into().unwrap(), tcp).await?;
+        tls.write_all(b"<14>Jan  1 00:00:00 intruder my.lookup.data.forged: 1_forged|\"x\"\n").await?;
+        tls.flush().await?;
+        let mut buf = [0u8; 16];
+        tls.read(&mut buf).await
+    })
+    .await;
+    assert!(!matches!(refused, Ok(n) if n > 0), "rsyslog answered a client without a certificate: {refused:?}");
+
+    let client = ca.client("tq-exporter", "rsyslog_domain");
+    let settings = tqdevo::connector::config::DevoSettings {
+        method: tqdevo::connector::config::UploadMethod::Relay,
+        region: tqdevo::connector::config::Region::Custom,
+        custom_endpoint: Some(format!("localhost:{port}")),
+        domain: None,
+        api_token: None,
+        certificate: Some(client.cert_pem),
+        private_key: Some(SecretText::new(client.key_pem)),
+        chain_ca: Some(ca.cert_pem()),
+    };
+    let config = RelayConfig::from_settings(&settings).unwrap().start_end_delay(Duration::ZERO).hostname("tq-host");
+    let upload = rows(&[
+        ["evil.example", "FQDN", "80"],
+        ["say \"hi\", then | pipe", "String", "-1"],
+        ["line1\nline2\r\nline3\ttab", "String", "1"],
+        ["dañiel ☃ 日本 🎉", "Unicode", "3"],
+    ]);
+    let receipt = within("upload to rsyslog", RelayUploader::new(config).deliver(&iocs(), Delivery::Full(&upload)))
+        .await
+        .unwrap();
+
+    let enc = LookupEncoder::new(&iocs(), Action::Full, receipt.reference.clone(), "tq-host", EncoderMode::Safe);
+    let mut sent = String::new();
+    enc.start(&mut sent);
+    upload.iter().for_each(|r| enc.row(r, &mut sent));
+    enc.end(&mut sent);
+    let lines = sent.lines().count();
+    rsyslog
+        .wait_for("complete upload in received.log", |_| (rsyslog.received().lines().count() >= lines).then_some(()));
+    assert_eq!(rsyslog.received(), sent);
+}

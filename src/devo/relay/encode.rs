@@ -73,18 +73,30 @@ pub fn run_id(unix_time: f64, lookup: &str) -> String {
     format!("{}_{lookup}", python_float_repr(unix_time))
 }
 
-/// Python's `repr(float)`: the shortest digits that round-trip, fixed notation for 1e-4 <= |x| < 1e16 (with `.0` on
-/// whole numbers), otherwise `d.ddde+XX`. `x` must be finite.
+/// Python's `repr(float)`: the fewest significant digits that round-trip, rounded half-to-even (Rust's shortest
+/// form rounds an exact tie up, e.g. 3760691875.59765625), in fixed notation for 1e-4 <= |x| < 1e16 with `.0` on whole
+/// numbers, otherwise as `d.ddde+XX`. `x` must be finite.
 pub fn python_float_repr(x: f64) -> String {
     debug_assert!(x.is_finite());
-    if x == 0.0 || (1e-4..1e16).contains(&x.abs()) {
-        let fixed = format!("{x}");
-        if fixed.contains('.') { fixed } else { fixed + ".0" }
+    let shortest = format!("{x:e}");
+    let significant = shortest.split_once('e').map_or(1, |(m, _)| m.bytes().filter(u8::is_ascii_digit).count());
+    // Exact formatting at that precision rounds ties to even, as Python's dtoa does.
+    let rounded = format!("{x:.*e}", significant - 1);
+    let (mantissa, exponent) = rounded.split_once('e').expect("`{:e}` always has an exponent");
+    let exponent: i32 = exponent.parse().expect("`{:e}` writes an integer exponent");
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    if !(-4..16).contains(&exponent) {
+        return format!("{sign}{mantissa}e{}{:02}", if exponent < 0 { '-' } else { '+' }, exponent.abs());
+    }
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let point = exponent + 1;
+    if point <= 0 {
+        format!("{sign}0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
     } else {
-        let sci = format!("{x:e}");
-        let (mantissa, exponent) = sci.split_once('e').expect("`{:e}` always has an exponent");
-        let exponent: i32 = exponent.parse().expect("`{:e}` writes an integer exponent");
-        format!("{mantissa}e{}{:02}", if exponent < 0 { '-' } else { '+' }, exponent.abs())
+        let point = point as usize;
+        let whole = format!("{digits:0<point$}");
+        let fraction = digits.get(point..).filter(|f| !f.is_empty()).unwrap_or("0");
+        format!("{sign}{}.{fraction}", &whole[..point])
     }
 }
 
@@ -317,6 +329,10 @@ mod tests {
             (0.0001, "0.0001"),
             (123456789012345.6, "123456789012345.6"),
             (-2.5e300, "-2.5e+300"),
+            (3760691875.59765625, "3760691875.5976562"),
+            (-0.0, "-0.0"),
+            (0.000123, "0.000123"),
+            (1234.5, "1234.5"),
         ];
         for (x, python) in cases {
             assert_eq!(python_float_repr(x), python, "{x}");
