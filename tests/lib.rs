@@ -2,3 +2,4 @@
 //! loopback stand-ins.
 
 mod cli;
+mod relay;

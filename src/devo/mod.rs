@@ -94,3 +94,6 @@ pub enum Error {
     #[error("reading the rows to upload: {0}")]
     Rows(io::Error),
 }
+
+pub mod pem;
+pub mod relay;

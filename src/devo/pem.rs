@@ -1,0 +1,170 @@
+//! The PEM fields of the UI (certificate, private key, chain CA) and the lookup's names, checked before any
+//! connection so that every mistake names the field to fix. Key material never reaches an error or a log.
+
+use rustls::RootCertStore;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::x509::AttributeTypeAndValue;
+
+use crate::connector::config::{ConfigError, SecretText};
+use crate::devo::Table;
+
+/// A certificate closer than this to its end is reported as a warning.
+const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// The client side of mutual TLS: the certificate (with any intermediates pasted after it) and its key.
+pub struct ClientIdentity {
+    pub certificates: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").field("certificates", &self.certificates.len()).finish_non_exhaustive()
+    }
+}
+
+/// Every certificate in a PEM field, each checked to be X.509.
+pub fn certificates(field: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::invalid(field, format!("is not valid PEM ({e})")))?;
+    if certs.is_empty() {
+        let problem = if pem.contains("-----BEGIN") {
+            "holds no certificate (a block starting -----BEGIN CERTIFICATE-----)"
+        } else {
+            "is not PEM text (paste the block starting -----BEGIN CERTIFICATE-----)"
+        };
+        return Err(ConfigError::invalid(field, problem));
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        X509Certificate::from_der(cert)
+            .map_err(|e| ConfigError::invalid(field, format!("certificate {} is not valid X.509 ({e})", i + 1)))?;
+    }
+    Ok(certs)
+}
+
+/// The certificate, its key and their agreement; an expired certificate is an error, one that expires within 30 days
+/// a warning.
+pub fn client_identity(certificate_pem: &str, key_pem: &SecretText) -> Result<ClientIdentity, ConfigError> {
+    let certificates = certificates("devo_certificate", certificate_pem)?;
+    check_expiry(&certificates[0])?;
+    // The pki-types error could quote the text around a fault: say only what kind of block is expected.
+    let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).map_err(|_| {
+        ConfigError::invalid(
+            "devo_private_key",
+            "holds no readable PEM private key (a block starting -----BEGIN PRIVATE KEY-----, -----BEGIN RSA \
+             PRIVATE KEY----- or -----BEGIN EC PRIVATE KEY-----)",
+        )
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    match CertifiedKey::from_der(certificates.clone(), key.clone_key(), &provider) {
+        Ok(_) => Ok(ClientIdentity { certificates, key }),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(ConfigError::invalid(
+            "devo_private_key",
+            "does not match \"Devo X.509 Certificate\" (paste the key that was downloaded with that certificate)",
+        )),
+        Err(_) => Err(ConfigError::invalid(
+            "devo_private_key",
+            "is not a usable key (RSA, ECDSA P-256/P-384 or Ed25519 expected)",
+        )),
+    }
+}
+
+fn check_expiry(cert: &CertificateDer<'_>) -> Result<(), ConfigError> {
+    let (_, parsed) = X509Certificate::from_der(cert).expect("checked by `certificates`");
+    let not_after = parsed.validity().not_after;
+    let day = not_after.to_datetime().date();
+    let left_days = (not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp()).div_euclid(86_400);
+    if left_days < 0 {
+        return Err(ConfigError::invalid(
+            "devo_certificate",
+            format!("expired on {day}: download a new one from Devo (Administration → Credentials → X.509)"),
+        ));
+    }
+    if left_days < EXPIRY_WARNING_DAYS {
+        tracing::warn!("\"Devo X.509 Certificate\" expires on {day}, in {left_days} days: renew it in Devo");
+    }
+    Ok(())
+}
+
+/// The chain CA as the only trust store for the relay's certificate.
+pub fn trust_roots(chain_pem: &str) -> Result<RootCertStore, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates("devo_chain_ca", chain_pem)? {
+        roots.add(cert).map_err(|e| {
+            ConfigError::invalid("devo_chain_ca", format!("holds a certificate that cannot be a CA ({e})"))
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The Devo domain a certificate was issued for: its subject O, else its CN.
+pub fn domain_from_certificate(pem: &str) -> Option<String> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    let subject = cert.subject();
+    first_text(subject.iter_organization()).or_else(|| first_text(subject.iter_common_name()))
+}
+
+fn first_text<'a, 'b: 'a>(mut attributes: impl Iterator<Item = &'a AttributeTypeAndValue<'b>>) -> Option<String> {
+    attributes.find_map(|a| a.as_str().ok().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned))
+}
+
+/// Lookup and column names go unescaped into syslog tags and the headers JSON: `^[A-Za-z0-9_]+$`, columns unique.
+pub fn check_table(table: &Table) -> Result<(), ConfigError> {
+    let valid = |name: &str| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid(&table.name) {
+        return Err(ConfigError::invalid(
+            "lookup_table_name",
+            format!("{:?} may hold only letters A-Z a-z, digits and underscores", table.name),
+        ));
+    }
+    if table.columns.is_empty() {
+        return Err(ConfigError::invalid("lookup_table_name", "the lookup has no columns"));
+    }
+    for (i, column) in table.columns.iter().enumerate() {
+        if !valid(&column.name) {
+            return Err(ConfigError::invalid(
+                "lookup_table_name",
+                format!("column {:?} may hold only letters A-Z a-z, digits and underscores", column.name),
+            ));
+        }
+        if table.columns[..i].iter().any(|c| c.name == column.name) {
+            return Err(ConfigError::invalid("lookup_table_name", format!("column {:?} appears twice", column.name)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devo::{Column, ColumnType};
+    use crate::sandbox::certs::TestCa;
+
+    #[test]
+    fn domain_is_the_subject_organization() {
+        let ca = TestCa::new("Devo Test CA");
+        assert_eq!(domain_from_certificate(&ca.client("user", "acme_corp").cert_pem).as_deref(), Some("acme_corp"));
+        // The CA has no O: its CN stands in.
+        assert_eq!(domain_from_certificate(&ca.cert_pem()).as_deref(), Some("Devo Test CA"));
+        assert_eq!(domain_from_certificate("not pem"), None);
+    }
+
+    #[test]
+    fn names_must_fit_syslog_tags_and_json() {
+        let table = |name: &str, cols: &[&str]| Table {
+            name: name.into(),
+            columns: cols.iter().map(|c| Column { name: (*c).into(), ty: ColumnType::Str }).collect(),
+        };
+        assert!(check_table(&table("iocs_1", &["ioc", "type"])).is_ok());
+        for bad in [table("io cs", &["ioc"]), table("iocs", &["i\"oc"]), table("iocs", &[]), table("iocs", &["a", "a"])]
+        {
+            let err = check_table(&bad).unwrap_err().to_string();
+            assert!(err.contains("Lookup Table Name"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Upload method `relay`: devo-sdk's `Lookup` syslog lines over mutual TLS to a Devo relay (legacy, kept complete
+//! and byte-compatible). Each upload is START, the rows, END on one connection; any failure drops the connection
+//! and redoes the whole upload under a new run id, and a failed upload never sends END, so Devo never applies a
+//! truncated table.
+
+pub mod encode;
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::connector::config::{ConfigError, DevoSettings, Region};
+use crate::devo::{self, Delivery, Receipt, RowSource, Table, pem};
+use encode::{Action, EncoderMode, LookupEncoder};
+
+/// Lines are gathered up to this size before a write, so a large upload is not one TLS record per row.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// The unix time as a float, like Python's `time.time()`; the run id is made from it.
+pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// Where and how to upload: validated from the UI by [`RelayConfig::from_settings`], then tuned with the builder
+/// methods (tests set the delays to zero and fix the hostname and clock).
+#[derive(Clone)]
+pub struct RelayConfig {
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    mode: EncoderMode,
+    hostname: String,
+    clock: Clock,
+    start_end_delay: Duration,
+    progress_timeout: Duration,
+    max_attempts: u32,
+    retry_delay: Duration,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("endpoint", &self.endpoint())
+            .field("mode", &self.mode)
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayConfig {
+    /// The relay of the region (port 443), or the "Custom Devo Endpoint" `host[:port]`; the certificate, key and
+    /// chain CA from the UI, checked now so that every mistake names its field.
+    pub fn from_settings(settings: &DevoSettings) -> Result<Self, devo::Error> {
+        let (host, port) = relay_endpoint(settings)?;
+        let certificate = settings.certificate.as_deref().ok_or_else(|| ConfigError::missing("devo_certificate"))?;
+        let key = settings.private_key.as_ref().ok_or_else(|| ConfigError::missing("devo_private_key"))?;
+        let chain = settings.chain_ca.as_deref().ok_or_else(|| ConfigError::missing("devo_chain_ca"))?;
+        let identity = pem::client_identity(certificate, key)?;
+        let roots = pem::trust_roots(chain)?;
+        let server_name = ServerName::try_from(host.clone()).map_err(|_| {
+            ConfigError::invalid("devo_custom_endpoint", format!("{host:?} is not a host name or IP address"))
+        })?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(identity.certificates, identity.key)
+            .map_err(|e| ConfigError::invalid("devo_private_key", format!("cannot be used for TLS ({e})")))?;
+        Ok(Self {
+            host,
+            port,
+            server_name,
+            tls: Arc::new(tls),
+            mode: EncoderMode::Safe,
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            clock: Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()),
+            start_end_delay: Duration::from_secs(5),
+            progress_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            retry_delay: Duration::from_secs(2),
+        })
+    }
+
+    /// The SDK waits this long after START and before END "to avoid sync problems" (default 5 s).
+    pub fn start_end_delay(mut self, delay: Duration) -> Self {
+        self.start_end_delay = delay;
+        self
+    }
+
+    /// [`EncoderMode::Safe`] unless a byte-parity check asks for the SDK's.
+    pub fn encoder_mode(mut self, mode: EncoderMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The syslog HOSTNAME of every line (default: this machine's name).
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = hostname.into();
+        self
+    }
+
+    /// Where run ids take their time from (default: the system clock).
+    pub fn clock(mut self, clock: impl Fn() -> f64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// An attempt fails when the relay takes no bytes for this long (default 30 s). A slow but steady relay never
+    /// trips it, however long the upload.
+    pub fn progress_timeout(mut self, timeout: Duration) -> Self {
+        self.progress_timeout = timeout;
+        self
+    }
+
+    /// How many times an upload is tried in all (default 3).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The pause before trying again (default 2 s).
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    pub fn endpoint(&self) -> String {
+        match self.server_name {
+            ServerName::IpAddress(rustls_pki_types::IpAddr::V6(_)) => format!("[{}]:{}", self.host, self.port),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// The relay for the region, port 443 (Devo's documented collectors), or the custom `host[:port]`.
+fn relay_endpoint(settings: &DevoSettings) -> Result<(String, u16), ConfigError> {
+    let host = match settings.region {
+        Region::Us => "collector-us.devo.io",
+        Region::Eu => "collector-eu.devo.io",
+        Region::Ca => "collector-ca.devo.io",
+        Region::Apac => "collector-ap.devo.io",
+        Region::Custom => {
+            let custom =
+                settings.custom_endpoint.as_deref().ok_or_else(|| ConfigError::missing("devo_custom_endpoint"))?;
+            return parse_host_port(custom.trim());
+        }
+    };
+    Ok((host.to_owned(), 443))
+}
+
+fn parse_host_port(endpoint: &str) -> Result<(String, u16), ConfigError> {
+    let invalid = |problem: String| ConfigError::invalid("devo_custom_endpoint", problem);
+    if endpoint.contains("://") || endpoint.contains('/') {
+        return Err(invalid(format!("{endpoint:?}: for the X.509 relay give host:port (e.g. relay.example.com:443)")));
+    }
+    let (host, port) = match endpoint.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) =
+                v6.split_once(']').ok_or_else(|| invalid(format!("{endpoint:?} lacks its closing ]")))?;
+            (host, rest.strip_prefix(':'))
+        }
+        None => match endpoint.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            _ => (endpoint, None),
+        },
+    };
+    let port = match port {
+        None => 443,
+        Some(p) => {
+            p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| invalid(format!("port {p:?} is not 1-65535")))?
+        }
+    };
+    if host.is_empty() {
+        return Err(invalid(format!("{endpoint:?} has no host")));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Uploads through a Devo relay; see the module documentation.
+pub struct RelayUploader {
+    config: RelayConfig,
+}
+
+impl RelayUploader {
+    pub fn new(config: RelayConfig) -> Self {
+        Self { config }
+    }
+
+    fn io_error(&self, source: io::Error) -> devo::Error {
+        devo::Error::Io { endpoint: self.config.endpoint(), source }
+    }
+
+    /// One attempt on one connection; returns the rows sent.
+    async fn attempt(
+        &self,
+        encoder: &LookupEncoder,
+        table: &Table,
+        upserts: &dyn RowSource,
+        deletes: Option<&dyn RowSource>,
+    ) -> Result<u64, devo::Error> {
+        let mut conn = self.connect().await.map_err(|e| self.io_error(e))?;
+        let mut lines = String::with_capacity(WRITE_BATCH + 1024);
+        encoder.start(&mut lines);
+        conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
+        self.pause().await;
+        let mut sent = 0u64;
+        for row in upserts.rows() {
+            let row = row.map_err(devo::Error::Rows)?;
+            if row.len() != table.columns.len() {
+                return Err(devo::Error::Rows(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "row {} has {} values, lookup {} has {} columns",
+                        sent + 1,
+                        row.len(),
+                        table.name,
+                        table.columns.len()
+                    ),
+                )));
+            }
+            encoder.row(&row, &mut lines);
+            sent += 1;
+            if lines.len() >= WRITE_BATCH {
+                conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
+            }
+        }
+        // A delete carries the key and empty other values.
+        let mut delete_values = vec![String::new(); table.columns.len()];
+        for row in deletes.into_iter().flat_map(|d| d.rows()) {
+            let row = row.map_err(devo::Error::Rows)?;
+            let key = row.first().ok_or_else(|| {
+                devo::Error::Rows(io::Error::new(io::ErrorKind::InvalidData, "a row to delete has no key"))
+            })?;
+            delete_values[0].clone_from(key);
+            encoder.delete(&delete_values, &mut lines);
+            sent += 1;
+            if lines.len() >= WRITE_BATCH {
+                conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
+            }
+        }
+        conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
+        self.pause().await;
+        encoder.end(&mut lines);
+        conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
+        conn.finish().await.map_err(|e| self.io_error(e))?;
+        Ok(sent)
+    }
+
+    async fn pause(&self) {
+        if !self.config.start_end_delay.is_zero() {
+            tokio::time::sleep(self.config.start_end_delay).await;
+        }
+    }
+
+    async fn connect(&self) -> io::Result<Connection> {
+        let config = &self.config;
+        let tcp =
+            tokio::time::timeout(config.progress_timeout, TcpStream::connect((config.host.as_str(), config.port)))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "no TCP connection within the progress timeout")
+                })??;
+        tcp.set_nodelay(true)?;
+        let progress = Progress::new(tcp.as_raw_fd(), config.progress_timeout);
+        let watched = Watched { inner: tcp, written: progress.written.clone(), read: progress.read.clone() };
+        let connector = TlsConnector::from(config.tls.clone());
+        let tls = progress
+            .watch("TLS handshake", connector.connect(config.server_name.clone(), watched))
+            .await
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "TLS handshake failed ({e}): check \"Devo X.509 Chain CA\" and that the relay accepts \
+                         \"Devo X.509 Certificate\""
+                    ),
+                )
+            })?;
+        let (reader, writer) = tokio::io::split(tls);
+        Ok(Connection { writer, closed: tokio::spawn(wait_for_close(reader)), progress })
+    }
+}
+
+#[async_trait]
+impl devo::Uploader for RelayUploader {
+    async fn deliver(&self, table: &Table, delivery: Delivery<'_>) -> Result<Receipt, devo::Error> {
+        pem::check_table(table)?;
+        let (action, upserts, deletes) = match delivery {
+            Delivery::Full(rows) => (Action::Full, rows, None),
+            Delivery::Changes { upserts, deletes } => (Action::Inc, upserts, Some(deletes)),
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let run_id = encode::run_id((self.config.clock)(), &table.name);
+            let encoder = LookupEncoder::new(table, action, run_id, &self.config.hostname, self.config.mode);
+            match self.attempt(&encoder, table, upserts, deletes).await {
+                Ok(rows_sent) => {
+                    return Ok(Receipt { rows_sent, attempts, reference: encoder.run_id().to_owned() });
+                }
+                // Only the network is worth another try; bad rows stay bad.
+                Err(e @ devo::Error::Io { .. }) if attempts < self.config.max_attempts => {
+                    tracing::warn!(
+                        run_id = encoder.run_id(),
+                        "relay upload attempt {attempts} failed, redoing it whole: {e}"
+                    );
+                    tokio::time::sleep(self.config.retry_delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("Devo relay {} (X.509, {:?} encoding)", self.config.endpoint(), self.config.mode)
+    }
+}
+
+type Tls = TlsStream<Watched>;
+
+/// One TLS connection to the relay. The relay never writes, so a task reads only to see it close: before `finish`
+/// that means the upload was cut off.
+struct Connection {
+    writer: WriteHalf<Tls>,
+    closed: JoinHandle<io::Result<()>>,
+    progress: Progress,
+}
+
+impl Connection {
+    /// Writes and empties `lines`; each line goes out whole (partial writes continue) or the attempt fails.
+    async fn send(&mut self, lines: &mut String) -> io::Result<()> {
+        if self.closed.is_finished() {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the relay closed the connection mid-upload"));
+        }
+        if !lines.is_empty() {
+            self.progress.watch("sending", self.writer.write_all(lines.as_bytes())).await?;
+            lines.clear();
+        }
+        Ok(())
+    }
+
+    /// Half-closes (TLS close_notify, then TCP FIN) and waits for the relay to close its side once it has read
+    /// everything, as the SDK does.
+    async fn finish(mut self) -> io::Result<()> {
+        self.progress.watch("closing", self.writer.shutdown()).await?;
+        let closed = async { (&mut self.closed).await.map_err(io::Error::other)? };
+        self.progress.watch("waiting for the relay to close the connection", closed).await
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.closed.abort();
+    }
+}
+
+/// Reads until the relay closes. Relays may close without TLS close_notify (the SDK accepts that too); a reset or
+/// an alert is an error.
+async fn wait_for_close(mut reader: ReadHalf<Tls>) -> io::Result<()> {
+    let mut scratch = [0u8; 1024];
+    loop {
+        match reader.read(&mut scratch).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("the relay ended the connection: {e}"))),
+        }
+    }
+}
+
+/// Bytes the relay has taken: what its TCP stack acknowledged (written minus what still waits in our send queue)
+/// plus what it sent. Counting acknowledgements rather than accepted writes keeps a slow reader from looking stuck
+/// while the kernel's large send buffer drains, and lets the wait for EOF see the last bytes leave.
+struct Progress {
+    fd: RawFd,
+    written: Arc<AtomicU64>,
+    read: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl Progress {
+    fn new(fd: RawFd, timeout: Duration) -> Self {
+        Self { fd, written: Arc::default(), read: Arc::default(), timeout }
+    }
+
+    fn delivered(&self) -> u64 {
+        let mut unacknowledged: nix::libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int; `fd` is the connection's socket, alive as long as `self`.
+        let rc = unsafe { nix::libc::ioctl(self.fd, nix::libc::TIOCOUTQ, &mut unacknowledged) };
+        let queued = if rc == 0 { u64::try_from(unacknowledged).unwrap_or(0) } else { 0 };
+        self.written.load(Ordering::Relaxed).saturating_sub(queued) + self.read.load(Ordering::Relaxed)
+    }
+
+    /// Runs `operation`, failing it only when a whole `timeout` passes without a byte delivered.
+    async fn watch<T>(&self, what: &str, operation: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        tokio::pin!(operation);
+        let mut last = self.delivered();
+        loop {
+            match tokio::time::timeout(self.timeout, &mut operation).await {
+                Ok(result) => return result,
+                Err(_) => {
+                    let now = self.delivered();
+                    if now == last {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no progress for {} s while {what}", self.timeout.as_secs_f64()),
+                        ));
+                    }
+                    last = now;
+                }
+            }
+        }
+    }
+}
+
+/// The TCP stream, counting the bytes that cross it for [`Progress`].
+struct Watched {
+    inner: TcpStream,
+    written: Arc<AtomicU64>,
+    read: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            this.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_endpoints_are_host_and_port() {
+        assert_eq!(parse_host_port("relay.example.com:6514").unwrap(), ("relay.example.com".into(), 6514));
+        assert_eq!(parse_host_port("relay.example.com").unwrap(), ("relay.example.com".into(), 443));
+        assert_eq!(parse_host_port("[::1]:8443").unwrap(), ("::1".into(), 8443));
+        for bad in ["https://relay.example.com", "relay:0", "relay:http", ":443"] {
+            let err = parse_host_port(bad).unwrap_err().to_string();
+            assert!(err.contains("Custom Devo Endpoint"), "{bad}: {err}");
+        }
+    }
+}
