@@ -49,11 +49,10 @@ impl Client {
         match self.call::<Value>(Method::POST, CONNECTORS, &[], Some(&body)).await {
             Ok(answer) => connector_record(CONNECTORS, &data_of(CONNECTORS, &answer)?),
             // Another run registered it between our lookup and our POST: use that record.
-            Err(Error::Http { status: 422, .. })
-                if let Some(record) = self.find_connector(&definition.name).await? =>
-            {
-                self.upgrade(record, definition).await
-            }
+            Err(refused @ Error::Http { status: 422, .. }) => match self.find_connector(&definition.name).await? {
+                Some(record) => self.upgrade(record, definition).await,
+                None => Err(refused),
+            },
             Err(e) => Err(e),
         }
     }
