@@ -307,7 +307,10 @@ impl Client {
     async fn renew(&self, auth: &mut Auth) -> Result<(), Error> {
         if let Some(refresh) = auth.tokens.as_ref().and_then(|t| t.refresh.clone()) {
             match self.token(Grant::Refresh(&refresh)).await {
-                Ok(tokens) => return Ok(self.store(auth, tokens)),
+                Ok(tokens) => {
+                    self.store(auth, tokens);
+                    return Ok(());
+                }
                 Err(e) => tracing::info!("ThreatQ token refresh failed ({e}); signing in again"),
             }
         }

@@ -95,13 +95,17 @@ fn name_of(value: &Value) -> Option<&str> {
 
 /// The score a filter compares: the plain number, or the manual score if set, else the generated one.
 fn score_of(value: &Value) -> Option<f64> {
-    let number = |v: &Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
     match value {
         Value::Object(map) => {
             map.get("manual_score").and_then(number).or_else(|| map.get("generated_score").and_then(number))
         }
         other => number(other),
     }
+}
+
+/// A score as ThreatQ writes it: a number, or a number in text (`"6.50"`).
+fn number(value: &Value) -> Option<f64> {
+    value.as_f64().or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 pub fn compile(value: &Value) -> Result<Filter, String> {
@@ -122,7 +126,6 @@ fn compile_object(map: &Map<String, Value>) -> Result<Filter, String> {
             "type_name" => parts.push(Filter::TypeName(names(key, value)?)),
             "status_name" => parts.push(Filter::StatusName(names(key, value)?)),
             "score" => {
-                let number = |v: &Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
                 parts.extend(comparisons(key, value, number)?.into_iter().map(|(op, n)| Filter::Score(op, n)));
             }
             "updated_at" | "created_at" => {

@@ -69,8 +69,8 @@ impl Draws {
         self.next() % 100 < percent
     }
 
-    fn pick<'a, T>(&mut self, list: &'a [T]) -> &'a T {
-        &list[(self.next() % list.len() as u64) as usize]
+    fn pick<T: Copy>(&mut self, list: &[T]) -> T {
+        list[(self.next() % list.len() as u64) as usize]
     }
 }
 
@@ -104,7 +104,7 @@ impl Generator {
         } else if is_duplicate(id + 1) {
             TYPES[1]
         } else {
-            *draws.pick(TYPES)
+            draws.pick(TYPES)
         }
     }
 
@@ -142,7 +142,7 @@ impl Generator {
         let tricky = d.chance(3);
         let value =
             if is_duplicate(id) { self.value(id - 1, "FQDN", false) } else { self.value(id, type_name, tricky) };
-        let (status_id, status_name) = if d.chance(75) { STATUSES[0] } else { *d.pick(STATUSES) };
+        let (status_id, status_name) = if d.chance(75) { STATUSES[0] } else { d.pick(STATUSES) };
         let created = EPOCH + id as i64 * 7;
         let updated = created + (d.next() % (180 * 86_400)) as i64;
 
@@ -189,12 +189,12 @@ impl Generator {
             attributes.push(json!({"id": id * 16 + n, "attribute_id": n + 1, "name": name, "value": value}));
         };
         if d.chance(70) {
-            attribute("Attack Phase", *d.pick(ATTACK_PHASES));
+            attribute("Attack Phase", d.pick(ATTACK_PHASES));
         }
         if d.chance(70) {
-            attribute("Threat Type", *d.pick(THREAT_TYPES));
+            attribute("Threat Type", d.pick(THREAT_TYPES));
             if d.chance(20) {
-                attribute("Threat Type", *d.pick(THREAT_TYPES));
+                attribute("Threat Type", d.pick(THREAT_TYPES));
             }
         }
         if d.chance(10) {
@@ -207,14 +207,14 @@ impl Generator {
             attribute("Related Actor", d.pick(ADVERSARIES).1);
         }
         if tricky || d.chance(3) {
-            attribute("Description", *d.pick(TRICKY_TEXT));
+            attribute("Description", d.pick(TRICKY_TEXT));
         }
         attribute("Confidence", &(d.next() % 101).to_string());
         ioc.insert("attributes".into(), Value::Array(attributes));
 
         let adversaries: Vec<Value> = match d.next() % 100 {
-            0..=9 => vec![*d.pick(ADVERSARIES)],
-            10..=13 => vec![ADVERSARIES[0], *d.pick(&ADVERSARIES[1..])],
+            0..=9 => vec![d.pick(ADVERSARIES)],
+            10..=13 => vec![ADVERSARIES[0], d.pick(&ADVERSARIES[1..])],
             _ => vec![],
         }
         .into_iter()
@@ -232,7 +232,7 @@ impl Generator {
         let tag_objects = d.chance(50);
         let tags: Vec<Value> = (0..d.next() % 3)
             .map(|_| {
-                let tag = *d.pick(TAGS);
+                let tag = d.pick(TAGS);
                 if tag_objects { json!({"name": tag}) } else { json!(tag) }
             })
             .collect();
