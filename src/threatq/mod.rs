@@ -1,8 +1,14 @@
 //! Reading from ThreatQ: sign-in, the connector record, data collections and their indicators.
 
+mod client;
 mod model;
+mod parse;
+mod registry;
+mod tls;
 
+pub use client::{Client, Policy};
 pub use model::*;
+pub use parse::parse_is_active;
 
 /// Everything that can go wrong talking to ThreatQ. Messages name the host, path or setting to fix, never a
 /// secret.
@@ -20,6 +26,14 @@ pub enum Error {
     Transport { host: String, detail: String },
     #[error("ThreatQ TLS setting: {0}")]
     Tls(String),
+    #[error("ThreatQ Host {host:?}: {problem}")]
+    Host { host: String, problem: String },
+    #[error("ThreatQ {path} answered with an error: {message}")]
+    Refused { path: String, message: String },
+    #[error("ThreatQ data collection {name:?} has no hash, which the cursor route needs")]
+    NoHash { name: String },
+    #[error("ThreatQ has no connector category named {category:?} (it has: {})", .available.join(", "))]
+    CategoryNotFound { category: String, available: Vec<String> },
 }
 
 fn closest_hint(closest: &[String]) -> String {

@@ -1,0 +1,522 @@
+//! The ThreatQ HTTP client: sign-in and token upkeep, bounded retries, error classification, and the read calls
+//! (data collections and their indicators, streamed a page at a time).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::parse::{self, Page};
+use super::{ClientOptions, DataCollection, Error, Indicator, tls};
+
+/// Ask ThreatQ to embed everything the export maps; recent versions leave attributes and sources out otherwise.
+const WITH: &str = "attributes,adversaries,score,type,status,sources,tags";
+const FIELDS: [&str; 5] = ["*", "attributes", "adversaries", "sources", "tags"];
+const QUERY_PATH: &str = "/api/indicators/query";
+const TOKEN_PATH: &str = "/api/token";
+/// The largest page the UI's Batch Size allows.
+const MAX_PAGE: u32 = 10_000;
+
+/// Retry and timeout knobs. The defaults suit a real instance; tests shorten the backoff.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Retries after the first attempt, on 429, 5xx and transport errors.
+    pub max_retries: u32,
+    /// Full-jitter exponential backoff: a random wait in `0..min(cap, base * 2^attempt)`.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// A `Retry-After` longer than this is cut to it, so a confused server cannot park the run for hours.
+    pub retry_after_cap: Duration,
+    pub connect_timeout: Duration,
+    /// The longest silence while waiting for (part of) an answer.
+    pub read_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_retries: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            retry_after_cap: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Policy {
+    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(wait) = retry_after {
+            return wait.min(self.retry_after_cap);
+        }
+        let ceiling = self.backoff_base.saturating_mul(1 << attempt.min(20)).min(self.backoff_cap);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// A signed-in session with one ThreatQ instance.
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    /// `host[:port]`, for messages.
+    host: String,
+    client_id: String,
+    username: String,
+    password: SecretString,
+    policy: Policy,
+    auth: tokio::sync::Mutex<Auth>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("base", &self.base.as_str()).field("username", &self.username).finish()
+    }
+}
+
+#[derive(Default)]
+struct Auth {
+    tokens: Option<Tokens>,
+    /// Bumped at every new token, so concurrent callers that all saw a 401 renew it only once.
+    generation: u64,
+}
+
+struct Tokens {
+    access: SecretString,
+    refresh: Option<SecretString>,
+    renew_at: Option<Instant>,
+}
+
+/// A final answer (after retries) before classification.
+struct Reply {
+    status: StatusCode,
+    location: Option<String>,
+    body: Bytes,
+}
+
+enum Grant<'a> {
+    Password,
+    Refresh(&'a SecretString),
+}
+
+impl Client {
+    pub fn new(options: ClientOptions) -> Result<Client, Error> {
+        Client::with_policy(options, Policy::default())
+    }
+
+    /// A client with its own retry and timeout policy (tests use short backoffs).
+    pub fn with_policy(options: ClientOptions, policy: Policy) -> Result<Client, Error> {
+        let base = base_url(&options.host)?;
+        let tls = tls::client_config(options.ca_file.as_deref(), options.tls_verify)?;
+        let http = build_http(tls, &policy)?;
+        Ok(Client {
+            http,
+            host: base.host_str().map(|h| base.port().map_or(h.to_owned(), |p| format!("{h}:{p}"))).unwrap_or_default(),
+            base,
+            client_id: options.client_id,
+            username: options.username,
+            password: options.password,
+            policy,
+            auth: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// `https://host[:port]/`.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// Signs in with the password now (the other calls sign in on first use).
+    pub async fn sign_in(&self) -> Result<(), Error> {
+        let mut auth = self.auth.lock().await;
+        self.store(&mut auth, self.token(Grant::Password).await?);
+        Ok(())
+    }
+
+    /// The data collection named exactly `name`; when none is, the error lists up to three close names.
+    pub async fn find_collection(&self, name: &str) -> Result<DataCollection, Error> {
+        const PATH: &str = "/api/search/query";
+        let list: Value = self.call(Method::GET, PATH, &[], None).await?;
+        let items = list
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::Garbage { path: PATH.into(), detail: "no \"data\" list".into() })?;
+        let name_of = |c: &Value| c.get("name").and_then(Value::as_str).map(str::to_owned);
+        match items.iter().find(|c| name_of(c).as_deref() == Some(name)) {
+            Some(found) => parse::data_collection(PATH, found),
+            None => {
+                let names: Vec<String> = items.iter().filter_map(name_of).collect();
+                let closest = parse::closest_names(name, names.iter().map(String::as_str));
+                Err(Error::CollectionNotFound { name: name.to_owned(), closest })
+            }
+        }
+    }
+
+    /// The collection's indicators, a page at a time, by offset (`sort=id`). Ends at `offset >= total` or an
+    /// empty page, so a collection that shrinks while paged still ends. Only one page is held at a time.
+    pub fn indicators<'a>(
+        &'a self,
+        collection: &DataCollection,
+        page_size: u32,
+    ) -> impl Stream<Item = Result<Vec<Indicator>, Error>> + Send + use<'a> {
+        let body = json!({"criteria": collection.criteria, "filters": collection.filters, "fields": FIELDS});
+        let limit = page_size.clamp(1, MAX_PAGE).to_string();
+        futures::stream::try_unfold((body, Some(0u64)), move |(body, offset)| {
+            let limit = limit.clone();
+            async move {
+                let Some(offset) = offset else { return Ok(None) };
+                let query = [
+                    ("limit", limit),
+                    ("offset", offset.to_string()),
+                    ("sort", "id".to_owned()),
+                    ("with", WITH.to_owned()),
+                ];
+                let page: Page = self.call(Method::POST, QUERY_PATH, &query, Some(&body)).await?;
+                let data = page.data.unwrap_or_default();
+                if data.is_empty() {
+                    return Ok(None);
+                }
+                let next = offset + data.len() as u64;
+                let more = page.total.is_none_or(|total| next < total);
+                Ok(Some((data.into_iter().map(Indicator::from).collect(), (body, more.then_some(next)))))
+            }
+        })
+    }
+
+    /// The collection's indicators by its hash and Solr-style cursor marks; ends when the mark stops changing
+    /// or a page is empty.
+    pub fn indicators_by_cursor<'a>(
+        &'a self,
+        collection: &DataCollection,
+        page_size: u32,
+    ) -> impl Stream<Item = Result<Vec<Indicator>, Error>> + Send + use<'a> {
+        let start = match &collection.hash {
+            Some(hash) => Cursor::At { path: format!("{QUERY_PATH}/hash/{hash}"), mark: "*".to_owned() },
+            None => Cursor::NoHash(collection.name.clone()),
+        };
+        let limit = page_size.clamp(1, MAX_PAGE).to_string();
+        futures::stream::try_unfold(start, move |cursor| {
+            let limit = limit.clone();
+            async move {
+                let (path, mark) = match cursor {
+                    Cursor::Done => return Ok(None),
+                    Cursor::NoHash(name) => return Err(Error::NoHash { name }),
+                    Cursor::At { path, mark } => (path, mark),
+                };
+                let query = [
+                    ("limit", limit),
+                    ("sort", "id".to_owned()),
+                    ("cursorMark", mark.clone()),
+                    ("with", WITH.to_owned()),
+                ];
+                let page: Page = self.call(Method::GET, &path, &query, None).await?;
+                let data = page.data.unwrap_or_default();
+                if data.is_empty() {
+                    return Ok(None);
+                }
+                let next = match page.next_cursor_mark {
+                    Some(next) if next != mark => Cursor::At { path, mark: next },
+                    _ => Cursor::Done,
+                };
+                Ok(Some((data.into_iter().map(Indicator::from).collect(), next)))
+            }
+        })
+    }
+
+    /// An authenticated call whose 2xx answer is decoded as `T`: signs in on first use, renews the token once
+    /// on 401 and retries, and turns every other failure into an [`Error`] naming `path`.
+    pub(super) async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<T, Error> {
+        let url = self.url(path)?;
+        let mut renewed = false;
+        loop {
+            let (mut bearer, generation) = self.bearer().await?;
+            bearer.set_sensitive(true);
+            tracing::debug!("ThreatQ {method} {path}");
+            let reply = self
+                .exchange(path, || {
+                    let request = self.http.request(method.clone(), url.clone()).query(query);
+                    let request = request.header(AUTHORIZATION, bearer.clone());
+                    match body {
+                        Some(body) => request.json(body),
+                        None => request,
+                    }
+                })
+                .await?;
+            if reply.status == StatusCode::UNAUTHORIZED && !renewed {
+                tracing::info!("ThreatQ {path}: token refused (HTTP 401); signing in again");
+                renewed = true;
+                self.renew_after(generation).await?;
+                continue;
+            }
+            return self.decode(path, reply);
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(&self, path: &str, reply: Reply) -> Result<T, Error> {
+        if !reply.status.is_success() {
+            return Err(status_error(path, &reply));
+        }
+        if let Some(message) = parse::errors_in_success(&reply.body) {
+            return Err(Error::Refused { path: path.to_owned(), message });
+        }
+        serde_json::from_slice(&reply.body).map_err(|e| Error::Garbage {
+            path: path.to_owned(),
+            detail: format!("{e} (after {} bytes received)", reply.body.len()),
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<Url, Error> {
+        self.base.join(path).map_err(|e| Error::Host { host: self.host.clone(), problem: format!("{path}: {e}") })
+    }
+
+    /// The current access token as a header value, signing in or renewing first when needed.
+    async fn bearer(&self) -> Result<(HeaderValue, u64), Error> {
+        let mut auth = self.auth.lock().await;
+        let fresh = auth.tokens.as_ref().map(|t| t.renew_at.is_none_or(|at| Instant::now() < at));
+        match fresh {
+            Some(true) => {}
+            Some(false) => self.renew(&mut auth).await?,
+            None => self.store(&mut auth, self.token(Grant::Password).await?),
+        }
+        let access = auth.tokens.as_ref().map(|t| t.access.expose_secret()).unwrap_or_default();
+        let value = HeaderValue::from_str(&format!("Bearer {access}")).map_err(|_| Error::Garbage {
+            path: TOKEN_PATH.into(),
+            detail: "the access token holds characters not allowed in an HTTP header".into(),
+        })?;
+        Ok((value, auth.generation))
+    }
+
+    /// Renews the token after a 401, unless another caller already did since `seen`.
+    async fn renew_after(&self, seen: u64) -> Result<(), Error> {
+        let mut auth = self.auth.lock().await;
+        if auth.generation == seen { self.renew(&mut auth).await } else { Ok(()) }
+    }
+
+    /// The refresh token first; a new password sign-in when there is none or it is refused.
+    async fn renew(&self, auth: &mut Auth) -> Result<(), Error> {
+        if let Some(refresh) = auth.tokens.as_ref().and_then(|t| t.refresh.clone()) {
+            match self.token(Grant::Refresh(&refresh)).await {
+                Ok(tokens) => {
+                    self.store(auth, tokens);
+                    return Ok(());
+                }
+                Err(e) => tracing::info!("ThreatQ token refresh failed ({e}); signing in again"),
+            }
+        }
+        self.store(auth, self.token(Grant::Password).await?);
+        Ok(())
+    }
+
+    fn store(&self, auth: &mut Auth, tokens: Tokens) {
+        auth.tokens = Some(tokens);
+        auth.generation += 1;
+    }
+
+    async fn token(&self, grant: Grant<'_>) -> Result<Tokens, Error> {
+        let url = self.url(TOKEN_PATH)?;
+        let reply = self
+            .exchange(TOKEN_PATH, || {
+                let request = self.http.post(url.clone());
+                match grant {
+                    Grant::Password => request
+                        .query(&[("grant_type", "password"), ("client_id", &self.client_id)])
+                        .json(&json!({"email": self.username, "password": self.password.expose_secret()})),
+                    Grant::Refresh(refresh) => request.query(&[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", refresh.expose_secret()),
+                        ("client_id", &self.client_id),
+                    ]),
+                }
+            })
+            .await?;
+        let refused = |message: String| Error::SignIn { host: self.host.clone(), message };
+        if matches!(reply.status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED) {
+            return Err(refused(parse::error_message(&reply.body).unwrap_or_else(|| format!("HTTP {}", reply.status))));
+        }
+        if !reply.status.is_success() {
+            return Err(status_error(TOKEN_PATH, &reply));
+        }
+        if let Some(message) = parse::errors_in_success(&reply.body) {
+            return Err(refused(message));
+        }
+        // Read by hand: serde's messages quote the offending value, which here would be a token.
+        let garbage = |detail: &str| Error::Garbage { path: TOKEN_PATH.into(), detail: detail.into() };
+        let answer: Value = serde_json::from_slice(&reply.body).map_err(|_| garbage("the answer is not JSON"))?;
+        let text =
+            |key: &str| answer.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(SecretString::from);
+        let access = text("access_token").ok_or_else(|| garbage("the answer has no access_token"))?;
+        let renew_at = answer.get("expires_in").and_then(Value::as_u64).map(|secs| {
+            // Renew a little early so a page request does not race the expiry.
+            let lifetime = Duration::from_secs(secs);
+            Instant::now() + lifetime - (lifetime / 10).min(Duration::from_secs(60))
+        });
+        tracing::debug!("signed in to ThreatQ at {}", self.host);
+        Ok(Tokens { access, refresh: text("refresh_token"), renew_at })
+    }
+
+    /// Sends what `build` makes, retrying 429, 5xx and transport failures with backoff (honouring
+    /// `Retry-After`), and returns the final answer with its whole body.
+    async fn exchange(&self, path: &str, build: impl Fn() -> reqwest::RequestBuilder) -> Result<Reply, Error> {
+        let mut attempt = 0;
+        loop {
+            let (wait, why) = match self.attempt(build()).await {
+                Ok((reply, _)) if !retryable(reply.status) => return Ok(reply),
+                Ok((reply, retry_after)) => {
+                    if attempt >= self.policy.max_retries {
+                        return Err(status_error(path, &reply));
+                    }
+                    (self.policy.delay(attempt, retry_after), format!("HTTP {}", reply.status.as_u16()))
+                }
+                Err(e) => {
+                    let (detail, transient) = describe(e);
+                    if !transient || attempt >= self.policy.max_retries {
+                        return Err(Error::Transport { host: self.host.clone(), detail });
+                    }
+                    (self.policy.delay(attempt, None), detail)
+                }
+            };
+            attempt += 1;
+            tracing::warn!(
+                "ThreatQ {path}: {why}; retry {attempt} of {} in {:.1} s",
+                self.policy.max_retries,
+                wait.as_secs_f64()
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<(Reply, Option<Duration>), reqwest::Error> {
+        let response = request.send().await?;
+        let status = response.status();
+        let header = |name| response.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
+        let retry_after = header(RETRY_AFTER).and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);
+        let location = header(LOCATION);
+        let body = response.bytes().await?;
+        Ok((Reply { status, location, body }, retry_after))
+    }
+}
+
+enum Cursor {
+    NoHash(String),
+    At { path: String, mark: String },
+    Done,
+}
+
+fn build_http(tls: rustls::ClientConfig, policy: &Policy) -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(policy.connect_timeout)
+        .read_timeout(policy.read_timeout)
+        .user_agent(concat!("tq-conn-devo-ioc-exporter/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Tls(describe(e).0))
+}
+
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// The error's whole cause chain (without the URL, whose query may hold a refresh token), and whether trying
+/// again could help: certificate problems will not go away by themselves.
+fn describe(error: reqwest::Error) -> (String, bool) {
+    let error = error.without_url();
+    let mut detail = error.to_string();
+    let mut tls_problem = false;
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let inner =
+            cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|e| e as &dyn std::error::Error);
+        tls_problem |= cause.is::<rustls::Error>() || inner.is_some_and(|e| e.is::<rustls::Error>());
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    (detail, !tls_problem)
+}
+
+fn status_error(path: &str, reply: &Reply) -> Error {
+    let status = reply.status;
+    let said = parse::error_message(&reply.body).unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(&reply.body);
+        let text: String = text.chars().take(200).collect();
+        if text.trim().is_empty() { status.canonical_reason().unwrap_or("no message").to_owned() } else { text }
+    });
+    let message = match status.as_u16() {
+        300..=399 => format!(
+            "redirected to {}; API calls never follow redirects (check the ThreatQ Host)",
+            reply.location.as_deref().unwrap_or("an unnamed place")
+        ),
+        401 => format!("{said} (the token was refused again right after signing in)"),
+        403 => format!("{said} (the ThreatQ user's role lacks permission for this call)"),
+        404 => format!("{said} (no such object)"),
+        _ => said,
+    };
+    Error::Http { path: path.to_owned(), status: status.as_u16(), message }
+}
+
+/// `host`, `host:port` or `https://host[:port]`, as `https://host[:port]/`. Plain HTTP is refused: the password
+/// and the tokens would cross the network readable.
+fn base_url(host: &str) -> Result<Url, Error> {
+    let problem = |problem: &str| Error::Host { host: host.to_owned(), problem: problem.to_owned() };
+    let trimmed = host.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(problem("is empty"));
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    let with_scheme = if lower.starts_with("https://") {
+        trimmed.to_owned()
+    } else if lower.starts_with("http://") {
+        return Err(problem("plain http:// is refused; ThreatQ is reached over https://"));
+    } else if trimmed.contains("://") {
+        return Err(problem("only https:// is supported"));
+    } else {
+        format!("https://{trimmed}")
+    };
+    let url = Url::parse(&with_scheme).map_err(|e| problem(&format!("not a host name with an optional port ({e})")))?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(problem("give only the host name and an optional port, no path"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_forms() {
+        for (given, expected) in [
+            ("tq.example.com", "https://tq.example.com/"),
+            ("tq.example.com:8443", "https://tq.example.com:8443/"),
+            ("https://tq.example.com/", "https://tq.example.com/"),
+            ("HTTPS://127.0.0.1:9443", "https://127.0.0.1:9443/"),
+        ] {
+            assert_eq!(base_url(given).expect(given).as_str(), expected);
+        }
+        for refused in ["http://tq.example.com", "", "ftp://x", "tq.example.com/api", "tq:99999"] {
+            assert!(matches!(base_url(refused), Err(Error::Host { .. })), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_honours_retry_after() {
+        let policy = Policy::default();
+        for attempt in 0..40 {
+            assert!(policy.delay(attempt, None) <= policy.backoff_cap);
+        }
+        assert_eq!(policy.delay(0, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(policy.delay(0, Some(Duration::from_secs(86_400))), policy.retry_after_cap);
+    }
+}

@@ -1,0 +1,431 @@
+//! Reading ThreatQ's JSON defensively: both shapes of type, status, score and tags, `is_active` in all its
+//! encodings, connector records, data collections and the three error body shapes.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ConnectorRecord, DataCollection, Error, FieldDef, Indicator};
+
+/// A scalar ThreatQ may send as a string, a number or a boolean; kept as the text it was.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Text {
+    Str(String),
+    Num(serde_json::Number),
+    Bool(bool),
+}
+
+impl From<Text> for String {
+    fn from(text: Text) -> String {
+        match text {
+            Text::Str(s) => s,
+            Text::Num(n) => n.to_string(),
+            Text::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// `"IP Address"` or `{"id": 15, "name": "IP Address", ...}`: types, statuses, tags, sources, adversaries.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Named {
+    Plain(String),
+    Object {
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+impl Named {
+    fn into_name(self) -> Option<String> {
+        match self {
+            Named::Plain(s) => Some(s),
+            Named::Object { name } => name,
+        }
+    }
+}
+
+/// `7`, `"6.50"` or `{"generated_score": "6.50", "manual_score": null}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Score {
+    Plain(Text),
+    Object {
+        #[serde(default)]
+        generated_score: Option<Text>,
+        #[serde(default)]
+        manual_score: Option<Text>,
+    },
+}
+
+impl Score {
+    /// The manual score when an analyst set one, else the generated score.
+    fn into_text(self) -> Option<String> {
+        let set = |t: Option<Text>| t.map(String::from).filter(|s| !s.trim().is_empty());
+        match self {
+            Score::Plain(t) => set(Some(t)),
+            Score::Object { generated_score, manual_score } => set(manual_score).or_else(|| set(generated_score)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawAttribute {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    value: Option<Text>,
+}
+
+/// An indicator as ThreatQ sends it; `Option<Vec<_>>` so that `null` lists read as empty.
+#[derive(Deserialize)]
+pub(super) struct RawIndicator {
+    id: u64,
+    #[serde(default)]
+    value: Option<Text>,
+    #[serde(default, rename = "type")]
+    kind: Option<Named>,
+    #[serde(default)]
+    status: Option<Named>,
+    #[serde(default)]
+    score: Option<Score>,
+    #[serde(default)]
+    attributes: Option<Vec<RawAttribute>>,
+    #[serde(default)]
+    adversaries: Option<Vec<Named>>,
+    #[serde(default)]
+    related_adversary_count: Option<Text>,
+    #[serde(default)]
+    sources: Option<Vec<Named>>,
+    #[serde(default)]
+    tags: Option<Vec<Named>>,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    expired_at: Option<String>,
+}
+
+fn names(list: Option<Vec<Named>>) -> Vec<String> {
+    list.unwrap_or_default().into_iter().filter_map(Named::into_name).collect()
+}
+
+impl From<RawIndicator> for Indicator {
+    fn from(raw: RawIndicator) -> Indicator {
+        let adversaries_given = raw.adversaries.is_some();
+        let adversaries = names(raw.adversaries);
+        // The count ThreatQ reports wins (it covers adversaries not embedded); otherwise count what came.
+        let related_adversary_count = raw
+            .related_adversary_count
+            .and_then(|t| String::from(t).trim().parse::<u64>().ok())
+            .or(adversaries_given.then_some(adversaries.len() as u64));
+        Indicator {
+            id: raw.id,
+            value: raw.value.map(String::from).unwrap_or_default(),
+            type_name: raw.kind.and_then(Named::into_name).unwrap_or_default(),
+            status: raw.status.and_then(Named::into_name).unwrap_or_default(),
+            score: raw.score.and_then(Score::into_text),
+            attributes: raw
+                .attributes
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|a| Some((a.name?, a.value.map(String::from).unwrap_or_default())))
+                .collect(),
+            adversaries,
+            related_adversary_count,
+            sources: names(raw.sources),
+            tags: names(raw.tags),
+            created_at: raw.created_at,
+            updated_at: raw.updated_at,
+            expires_at: raw.expires_at.or(raw.expired_at),
+        }
+    }
+}
+
+/// A page of either indicator route.
+#[derive(Deserialize)]
+pub(super) struct Page {
+    #[serde(default)]
+    pub total: Option<u64>,
+    #[serde(default)]
+    pub data: Option<Vec<RawIndicator>>,
+    #[serde(default, rename = "nextCursorMark")]
+    pub next_cursor_mark: Option<String>,
+}
+
+/// Reads `is_active` however the instance encodes it; `None` for an encoding nobody documented.
+pub fn parse_is_active(value: &Value) -> Option<bool> {
+    match value {
+        Value::Null => Some(false),
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|f| f != 0.0),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" | "true" | "1" | "on" => Some(true),
+            "n" | "no" | "false" | "0" | "off" | "" => Some(false),
+            _ => None,
+        },
+        Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+/// The human part of an error body: `{"errors": [...]}`, `{"data": {"errors": {field: [...]}}}` or
+/// `{"message": "..."}`.
+pub(super) fn error_message(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    if let Some(errors) = value.get("errors") {
+        return Some(flatten(errors, "; "));
+    }
+    if let Some(Value::Object(fields)) = value.get("data").and_then(|d| d.get("errors")) {
+        let parts: Vec<String> =
+            fields.iter().map(|(field, msgs)| format!("{field}: {}", flatten(msgs, ", "))).collect();
+        return Some(parts.join("; "));
+    }
+    value.get("message").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The message of a 2xx body that carries an `errors` key; a cheap byte scan first, as pages are large.
+pub(super) fn errors_in_success(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"errors\"";
+    if !body.windows(KEY.len()).any(|w| w == KEY) {
+        return None;
+    }
+    match serde_json::from_slice::<Value>(body).ok()? {
+        Value::Object(map) if map.contains_key("errors") => error_message(body),
+        _ => None,
+    }
+}
+
+fn flatten(value: &Value, separator: &str) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(|v| flatten(v, " ")).collect::<Vec<_>>().join(separator),
+        Value::Object(map) => {
+            map.iter().map(|(k, v)| format!("{k}: {}", flatten(v, ", "))).collect::<Vec<_>>().join(separator)
+        }
+        other => other.to_string(),
+    }
+}
+
+fn garbage(path: &str, detail: impl Into<String>) -> Error {
+    Error::Garbage { path: path.to_owned(), detail: detail.into() }
+}
+
+fn as_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A JSON value some instances send as a JSON-encoded string.
+fn unstring(value: &Value) -> Option<Value> {
+    match value {
+        Value::String(s) => serde_json::from_str(s).ok(),
+        other => Some(other.clone()),
+    }
+}
+
+/// The `custom_fields` map: every value as text; `null` means "not set" and is left out.
+fn custom_fields(value: &Value) -> BTreeMap<String, String> {
+    match unstring(value) {
+        Some(Value::Object(map)) => map.iter().filter_map(|(k, v)| Some((k.clone(), as_text(v)?))).collect(),
+        // PHP sends an empty map as `[]`; anything else unreadable also means nothing configured yet.
+        _ => BTreeMap::new(),
+    }
+}
+
+pub(super) fn connector_record(path: &str, value: &Value) -> Result<ConnectorRecord, Error> {
+    let id = value.get("id").and_then(as_u64).ok_or_else(|| garbage(path, "a connector without a numeric \"id\""))?;
+    let text = |key: &str| value.get(key).and_then(as_text).unwrap_or_default();
+    let raw_active = value.get("is_active").unwrap_or(&Value::Null);
+    let is_active = parse_is_active(raw_active).unwrap_or_else(|| {
+        tracing::warn!("ThreatQ connector {id}: unreadable is_active {raw_active}; treating the connector as off");
+        false
+    });
+    // Fields stored in another shape are replaced by ours at registration, so unreadable means "differs".
+    let user_fields = value
+        .get("user_fields")
+        .and_then(unstring)
+        .and_then(|v| serde_json::from_value::<Vec<FieldDef>>(v).ok())
+        .unwrap_or_default();
+    Ok(ConnectorRecord {
+        id,
+        name: text("name"),
+        display_name: text("display_name"),
+        version: text("version"),
+        is_active,
+        custom_fields: value.get("custom_fields").map(custom_fields).unwrap_or_default(),
+        user_fields,
+        last_import_at: value.get("last_import_at").and_then(as_text),
+        last_import_count: value.get("last_import_count").and_then(as_u64),
+    })
+}
+
+pub(super) fn data_collection(path: &str, value: &Value) -> Result<DataCollection, Error> {
+    let id = value.get("id").and_then(as_u64).ok_or_else(|| garbage(path, "a data collection without an \"id\""))?;
+    let name = value.get("name").and_then(as_text).unwrap_or_default();
+    let json = match value.get("json") {
+        None | Some(Value::Null) => Value::Null,
+        Some(raw) => unstring(raw).ok_or_else(|| {
+            garbage(path, format!("data collection {name:?} holds a \"json\" string that is not JSON"))
+        })?,
+    };
+    let query = json.get("api_query").cloned().unwrap_or(Value::Null);
+    Ok(DataCollection {
+        id,
+        hash: value.get("hash").and_then(as_text).filter(|h| !h.is_empty()),
+        criteria: query.get("criteria").cloned().unwrap_or(Value::Null),
+        filters: query.get("filters").cloned().unwrap_or(Value::Null),
+        name,
+    })
+}
+
+/// Up to three names close to `wanted`: containing it (or contained in it) case-insensitively, or within a
+/// small edit distance; closest first.
+pub(super) fn closest_names<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let wanted_lower = wanted.to_lowercase();
+    let limit = (wanted.chars().count() / 3).max(3);
+    let mut scored: Vec<(usize, String)> = names
+        .filter_map(|name| {
+            let lower = name.to_lowercase();
+            let distance = strsim::levenshtein(&wanted_lower, &lower);
+            let contains = !lower.is_empty() && (lower.contains(&wanted_lower) || wanted_lower.contains(&lower));
+            (contains || distance <= limit).then(|| (if contains { 0 } else { distance }, name.to_owned()))
+        })
+        .collect();
+    scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().take(3).map(|(_, name)| name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn indicator(value: Value) -> Indicator {
+        serde_json::from_value::<RawIndicator>(value).expect("parses").into()
+    }
+
+    #[test]
+    fn score_shapes() {
+        let score = |s: Value| indicator(json!({"id": 1, "score": s})).score;
+        assert_eq!(score(json!(7)), Some("7".into()));
+        assert_eq!(score(json!("6.50")), Some("6.50".into()));
+        assert_eq!(score(json!({"generated_score": "6.50", "manual_score": null})), Some("6.50".into()));
+        assert_eq!(score(json!({"generated_score": "6.50", "manual_score": "9"})), Some("9".into()));
+        assert_eq!(score(json!({"generated_score": "6.50", "manual_score": ""})), Some("6.50".into()));
+        assert_eq!(score(json!({"generated_score": 3.25})), Some("3.25".into()));
+        assert_eq!(score(json!(null)), None);
+    }
+
+    #[test]
+    fn type_status_tags_and_sources_in_both_shapes() {
+        let objects = indicator(json!({
+            "id": 1, "value": "a", "type": {"id": 15, "name": "IP Address"}, "status": {"id": 1, "name": "Active"},
+            "tags": [{"name": "t1"}, {"id": 2, "name": "t2"}], "sources": [{"id": 3, "name": "Feed X"}],
+        }));
+        let strings = indicator(json!({
+            "id": 1, "value": "a", "type": "IP Address", "status": "Active", "tags": ["t1", "t2"], "sources": ["Feed X"],
+        }));
+        assert_eq!(objects, strings);
+        assert_eq!(objects.type_name, "IP Address");
+        assert_eq!(objects.tags, vec!["t1", "t2"]);
+    }
+
+    #[test]
+    fn attributes_repeat_and_adversaries_count() {
+        let ioc = indicator(json!({
+            "id": 5, "value": 12345,
+            "attributes": [{"name": "Threat Type", "value": "Botnet"}, {"name": "Threat Type", "value": "C2"},
+                           {"name": "Confidence", "value": 80}],
+            "adversaries": [{"id": 29, "name": "APT 29"}], "expired_at": "2024-01-01 00:00:00", "tags": null,
+        }));
+        assert_eq!(ioc.value, "12345");
+        assert_eq!(ioc.attribute("threat type").collect::<Vec<_>>(), vec!["Botnet", "C2"]);
+        assert_eq!(ioc.attribute("Confidence").collect::<Vec<_>>(), vec!["80"]);
+        assert_eq!(ioc.related_adversary_count, Some(1));
+        assert_eq!(ioc.expires_at.as_deref(), Some("2024-01-01 00:00:00"));
+        let counted = indicator(json!({"id": 5, "adversaries": [], "related_adversary_count": "4"}));
+        assert_eq!(counted.related_adversary_count, Some(4));
+        assert_eq!(indicator(json!({"id": 5})).related_adversary_count, None);
+    }
+
+    #[test]
+    fn is_active_encodings() {
+        for on in [json!(true), json!(1), json!("Y"), json!("true"), json!("1"), json!("yes")] {
+            assert_eq!(parse_is_active(&on), Some(true), "{on}");
+        }
+        for off in [json!(false), json!(0), json!("N"), json!("false"), json!("0"), json!(""), json!(null)] {
+            assert_eq!(parse_is_active(&off), Some(false), "{off}");
+        }
+        assert_eq!(parse_is_active(&json!("maybe")), None);
+    }
+
+    #[test]
+    fn error_body_shapes() {
+        let msg = |v: Value| error_message(v.to_string().as_bytes());
+        assert_eq!(msg(json!({"errors": ["Bad filter", ["part", "two"]]})), Some("Bad filter; part two".into()));
+        assert_eq!(
+            msg(json!({"data": {"errors": {"name": ["The name has already been taken."]}}})),
+            Some("name: The name has already been taken.".into())
+        );
+        assert_eq!(msg(json!({"message": "Unauthenticated."})), Some("Unauthenticated.".into()));
+        assert_eq!(error_message(b"<html>"), None);
+        assert_eq!(errors_in_success(br#"{"total": 1, "data": [{"value": "\"errors\""}]}"#), None);
+        assert_eq!(errors_in_success(br#"{"errors": ["Search failed"]}"#), Some("Search failed".into()));
+    }
+
+    #[test]
+    fn custom_fields_values_become_text() {
+        let record = connector_record(
+            "/api/connectors",
+            &json!({"id": "7", "name": "x", "is_active": "Y",
+                    "custom_fields": {"batch_size": 500, "dry": true, "name": "a", "unset": null}}),
+        )
+        .expect("parses");
+        assert_eq!(record.id, 7);
+        assert!(record.is_active);
+        let fields: Vec<(&str, &str)> = record.custom_fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(fields, vec![("batch_size", "500"), ("dry", "true"), ("name", "a")]);
+        let empty = connector_record("/api/connectors", &json!({"id": 1, "custom_fields": []})).expect("parses");
+        assert!(empty.custom_fields.is_empty());
+    }
+
+    #[test]
+    fn collection_json_as_object_or_string() {
+        let query = json!({"api_query": {"criteria": {"+and": [{"type_name": "FQDN"}]}, "filters": null}});
+        let object = data_collection("/api/search/query", &json!({"id": 1, "name": "c", "json": query})).unwrap();
+        let string =
+            data_collection("/api/search/query", &json!({"id": 1, "name": "c", "json": query.to_string()})).unwrap();
+        assert_eq!(object, string);
+        assert_eq!(object.criteria, json!({"+and": [{"type_name": "FQDN"}]}));
+        let bad = data_collection("/api/search/query", &json!({"id": 1, "name": "c", "json": "{nope"}));
+        assert!(matches!(bad, Err(Error::Garbage { .. })));
+    }
+
+    #[test]
+    fn closest_names_by_containment_and_distance() {
+        let names = ["High Score FQDNs", "Phishing URLs", "high score ips", "Everything", "Hi Score FQDN"];
+        assert_eq!(
+            closest_names("High Score FQDN", names.iter().copied()),
+            vec!["High Score FQDNs", "Hi Score FQDN", "high score ips"]
+        );
+        assert!(closest_names("zzzzzzzzzzzz", names.iter().copied()).is_empty());
+    }
+}
