@@ -1,2 +1,4 @@
 //! The one integration test binary: a module per area, each driving the library or the real binary against the
 //! loopback stand-ins.
+
+mod lookups_api;

@@ -2,3 +2,4 @@
 //! `sandbox`, the tests and the benchmarks.
 
 pub mod certs;
+pub mod devo_api;

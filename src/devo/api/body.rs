@@ -154,7 +154,7 @@ pub(super) async fn pump(
     mut chunks: CsvChunks<'_>,
     mut body: mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<Option<u64>, Error> {
-    while let Some(chunk) = chunks.next() {
+    for chunk in chunks.by_ref() {
         match chunk {
             Ok(bytes) => {
                 if body.send(Ok(bytes)).await.is_err() {

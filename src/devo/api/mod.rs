@@ -300,9 +300,9 @@ impl LookupsApiUploader {
             }
             if Instant::now() + self.config.poll_interval > deadline {
                 return Err(self.remote(format!(
-                    "{what} did not finish within {} s; the run is not counted as delivered and the next run \
+                    "{what} did not finish within {:?}; the run is not counted as delivered and the next run \
                      sends these rows again",
-                    self.config.job_timeout.as_secs()
+                    self.config.job_timeout
                 )));
             }
             tokio::time::sleep(self.config.poll_interval).await;
@@ -410,20 +410,18 @@ fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, Error>
     Ok(config)
 }
 
-/// The rustls error under a reqwest error, if any. `io::Error::source` skips the error it wraps, so each
-/// `io::Error` is opened by hand.
-fn rustls_cause(error: &reqwest::Error) -> Option<&rustls::Error> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = next {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        if let Some(tls) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>()) {
-            return Some(tls);
-        }
-        next = e.source();
+/// The rustls error under a reqwest error, if any. `io::Error::source` skips the error it wraps (and rustls
+/// errors come wrapped in two), so each `io::Error` is opened by hand.
+fn rustls_cause<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
     }
-    None
+    if let Some(inner) = error.downcast_ref::<io::Error>().and_then(io::Error::get_ref)
+        && let Some(tls) = rustls_cause(inner)
+    {
+        return Some(tls);
+    }
+    error.source().and_then(rustls_cause)
 }
 
 /// An error and its causes on one line ("error sending request: connection refused").
