@@ -4,3 +4,4 @@
 mod cli;
 mod relay;
 mod threatq;
+mod lookups_api;

@@ -4,6 +4,8 @@ use std::io;
 
 use async_trait::async_trait;
 
+pub mod api;
+
 /// A column's type as Devo's lookups know it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ColumnType {
@@ -93,6 +95,14 @@ pub enum Error {
     Io { endpoint: String, source: io::Error },
     #[error("reading the rows to upload: {0}")]
     Rows(io::Error),
+    /// Changes cannot be applied to a lookup that is gone: the caller answers with a full upload.
+    #[error(
+        "Devo at {endpoint}: lookup {lookup:?} does not exist in domain {domain:?}, so changes cannot be applied; a full upload creates it"
+    )]
+    LookupMissing { endpoint: String, domain: String, lookup: String },
+    /// The trust settings for Devo's HTTPS endpoint (`DEVO_CA_FILE`, an untrusted certificate).
+    #[error("Devo TLS: {0}")]
+    Tls(String),
 }
 
 pub mod pem;

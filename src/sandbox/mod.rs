@@ -4,3 +4,4 @@
 pub mod certs;
 pub mod relay;
 pub mod threatq;
+pub mod devo_api;

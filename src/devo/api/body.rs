@@ -1,0 +1,275 @@
+//! The multipart body of a `deploy-csv` request: the `deploy-config` JSON and the CSV, which is encoded in
+//! chunks as the request is sent so that no upload ever sits in memory whole.
+
+use std::io;
+
+use bytes::Bytes;
+use futures::SinkExt;
+use futures::channel::mpsc;
+use serde_json::{Value, json};
+
+use crate::devo::{Column, ColumnType, Error, Row, RowSource};
+
+/// How big a CSV chunk grows before it is handed to the connection.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// What one `deploy-csv` request does to the lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DeployMode {
+    /// The rows become the whole lookup (POST to create, PUT to replace).
+    Replace,
+    /// Upsert by key, keeping the other rows (`"append": true`).
+    Upsert,
+    /// Delete the rows with these keys (`"append": true, "contribution": {"type": "del"}`); only the key column
+    /// is sent, since the exporter may know nothing else of a row that left the collection.
+    Delete,
+}
+
+impl DeployMode {
+    /// The columns this mode sends: the key alone for deletes.
+    pub(super) fn columns(self, columns: &[Column]) -> &[Column] {
+        match self {
+            DeployMode::Delete => &columns[..columns.len().min(1)],
+            DeployMode::Replace | DeployMode::Upsert => columns,
+        }
+    }
+}
+
+fn devo_type(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Str => "STRING",
+        ColumnType::Int | ColumnType::Int8 => "INT8",
+        ColumnType::Int4 => "INT4",
+        ColumnType::Float => "FLOAT",
+        ColumnType::Bool => "BOOL",
+        ColumnType::Ip4 => "IP4",
+    }
+}
+
+/// The `deploy-config` part: the columns sent (see [`DeployMode::columns`]), a header row, the first column as key.
+pub(super) fn deploy_config(columns: &[Column], mode: DeployMode) -> Value {
+    let sent = mode.columns(columns);
+    let mut config = json!({
+        "columns": sent.iter().map(|c| json!({"name": c.name, "type": devo_type(c.ty)})).collect::<Vec<_>>(),
+        "hasHeader": true,
+        "key": {"type": "column", "column": sent.first().map(|c| c.name.as_str()).unwrap_or_default()},
+    });
+    match mode {
+        DeployMode::Replace => {}
+        DeployMode::Upsert => config["append"] = json!(true),
+        DeployMode::Delete => {
+            config["append"] = json!(true);
+            config["contribution"] = json!({"type": "del"});
+        }
+    }
+    config
+}
+
+/// The CSV of a deploy as a sequence of chunks of about [`CHUNK_BYTES`]: RFC 4180 (CRLF, fields quoted when they
+/// hold `,` `"` CR or LF, quotes doubled), UTF-8, a header row first.
+pub(super) struct CsvChunks<'a> {
+    rows: Box<dyn Iterator<Item = io::Result<Row>> + Send + 'a>,
+    header: Option<Vec<&'a str>>,
+    width: usize,
+    key_only: bool,
+    sent: u64,
+    done: bool,
+}
+
+impl<'a> CsvChunks<'a> {
+    pub(super) fn new(columns: &'a [Column], mode: DeployMode, rows: &'a dyn RowSource) -> Self {
+        let sent = mode.columns(columns);
+        Self {
+            rows: rows.rows(),
+            header: Some(sent.iter().map(|c| c.name.as_str()).collect()),
+            width: columns.len(),
+            key_only: mode == DeployMode::Delete,
+            sent: 0,
+            done: false,
+        }
+    }
+
+    /// Rows encoded so far.
+    pub(super) fn rows_sent(&self) -> u64 {
+        self.sent
+    }
+
+    fn check(&self, row: &Row) -> Result<(), Error> {
+        let fits = if self.key_only { !row.is_empty() } else { row.len() == self.width };
+        if fits {
+            return Ok(());
+        }
+        Err(Error::Rows(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("row {} has {} values but the lookup has {} columns", self.sent + 1, row.len(), self.width),
+        )))
+    }
+}
+
+impl Iterator for CsvChunks<'_> {
+    type Item = Result<Bytes, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut csv = csv::WriterBuilder::new()
+            .has_headers(false)
+            .terminator(csv::Terminator::CRLF)
+            .from_writer(Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4));
+        const IN_MEMORY: &str = "writing CSV to memory cannot fail";
+        if let Some(header) = self.header.take() {
+            csv.write_record(header).expect(IN_MEMORY);
+        }
+        // The writer's own buffer is not counted: a chunk may end up a few KiB over CHUNK_BYTES.
+        while csv.get_ref().len() < CHUNK_BYTES {
+            let row = match self.rows.next() {
+                None => {
+                    self.done = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(Error::Rows(e)));
+                }
+                Some(Ok(row)) => row,
+            };
+            if let Err(e) = self.check(&row) {
+                self.done = true;
+                return Some(Err(e));
+            }
+            let fields = if self.key_only { &row[..1] } else { &row[..] };
+            csv.write_record(fields).expect(IN_MEMORY);
+            self.sent += 1;
+        }
+        let chunk = csv.into_inner().expect(IN_MEMORY);
+        if chunk.is_empty() { None } else { Some(Ok(Bytes::from(chunk))) }
+    }
+}
+
+/// Feeds the chunks into the request body. Returns the rows sent, or `None` when the request stopped reading
+/// (it ended early: the response says why). An unreadable row aborts the body with an error so that the server
+/// never sees a complete, truncated CSV.
+pub(super) async fn pump(
+    mut chunks: CsvChunks<'_>,
+    mut body: mpsc::Sender<io::Result<Bytes>>,
+) -> Result<Option<u64>, Error> {
+    for chunk in chunks.by_ref() {
+        match chunk {
+            Ok(bytes) => {
+                if body.send(Ok(bytes)).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            Err(e) => {
+                let _ = body.send(Err(io::Error::other("the upload was aborted: a row could not be read"))).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(Some(chunks.rows_sent()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns() -> Vec<Column> {
+        [("ioc", ColumnType::Str), ("score", ColumnType::Int), ("ip", ColumnType::Ip4), ("ok", ColumnType::Bool)]
+            .into_iter()
+            .map(|(name, ty)| Column { name: name.into(), ty })
+            .collect()
+    }
+
+    fn csv_of(columns: &[Column], mode: DeployMode, rows: &dyn RowSource) -> String {
+        let chunks: Vec<Bytes> = CsvChunks::new(columns, mode, rows).collect::<Result<_, _>>().unwrap();
+        String::from_utf8(chunks.concat()).unwrap()
+    }
+
+    #[test]
+    fn a_replace_config_lists_typed_columns_and_the_first_as_key() {
+        let config = deploy_config(&columns(), DeployMode::Replace);
+        assert_eq!(
+            config.to_string(),
+            r#"{"columns":[{"name":"ioc","type":"STRING"},{"name":"score","type":"INT8"},{"name":"ip","type":"IP4"},{"name":"ok","type":"BOOL"}],"hasHeader":true,"key":{"type":"column","column":"ioc"}}"#
+        );
+    }
+
+    #[test]
+    fn upserts_append_and_deletes_send_the_key_alone_as_a_del_contribution() {
+        let upsert = deploy_config(&columns(), DeployMode::Upsert);
+        assert_eq!(upsert["append"], true);
+        assert!(upsert.get("contribution").is_none());
+        let delete = deploy_config(&columns(), DeployMode::Delete);
+        assert_eq!(
+            delete.to_string(),
+            r#"{"columns":[{"name":"ioc","type":"STRING"}],"hasHeader":true,"key":{"type":"column","column":"ioc"},"append":true,"contribution":{"type":"del"}}"#
+        );
+    }
+
+    #[test]
+    fn every_column_type_has_a_devo_name() {
+        let all = [
+            (ColumnType::Str, "STRING"),
+            (ColumnType::Int, "INT8"),
+            (ColumnType::Int4, "INT4"),
+            (ColumnType::Int8, "INT8"),
+            (ColumnType::Float, "FLOAT"),
+            (ColumnType::Bool, "BOOL"),
+            (ColumnType::Ip4, "IP4"),
+        ];
+        for (ty, name) in all {
+            assert_eq!(devo_type(ty), name);
+        }
+    }
+
+    #[test]
+    fn the_csv_is_rfc_4180_with_a_header() {
+        let rows: Vec<Row> = vec![
+            vec!["a,b".into(), "1".into(), "10.0.0.1".into(), "true".into()],
+            vec!["say \"hi\"".into(), "".into(), "".into(), "false".into()],
+            vec!["line\r\nbreak\nand ünïcødé ☃".into(), "2".into(), "x".into(), "y".into()],
+        ];
+        assert_eq!(
+            csv_of(&columns(), DeployMode::Replace, &rows),
+            "ioc,score,ip,ok\r\n\"a,b\",1,10.0.0.1,true\r\n\"say \"\"hi\"\"\",,,false\r\n\
+             \"line\r\nbreak\nand ünïcødé ☃\",2,x,y\r\n"
+        );
+    }
+
+    #[test]
+    fn deletes_send_only_the_key_of_each_row() {
+        let rows: Vec<Row> = vec![vec!["gone.example".into()], vec!["also,gone".into(), "3".into()]];
+        assert_eq!(csv_of(&columns(), DeployMode::Delete, &rows), "ioc\r\ngone.example\r\n\"also,gone\"\r\n");
+    }
+
+    #[test]
+    fn a_large_upload_comes_in_bounded_chunks_that_add_up_to_every_row() {
+        let rows: Vec<Row> =
+            (0..20_000).map(|i| vec![format!("ioc-{i:06}"), i.to_string(), "".into(), "".into()]).collect();
+        let columns = columns();
+        let mut chunks = CsvChunks::new(&columns, DeployMode::Replace, &rows);
+        let mut total = Vec::new();
+        let mut count = 0;
+        for chunk in chunks.by_ref() {
+            let chunk = chunk.unwrap();
+            assert!(chunk.len() < CHUNK_BYTES + 16 * 1024, "chunk of {} bytes", chunk.len());
+            total.extend_from_slice(&chunk);
+            count += 1;
+        }
+        assert!(count > 1);
+        assert_eq!(chunks.rows_sent(), 20_000);
+        let text = String::from_utf8(total).unwrap();
+        assert_eq!(text.lines().count(), 20_001);
+        assert!(text.ends_with("ioc-019999,19999,,\r\n"));
+    }
+
+    #[test]
+    fn a_row_of_the_wrong_width_stops_the_csv_with_an_error() {
+        let rows: Vec<Row> = vec![vec!["a".into(), "1".into(), "".into(), "".into()], vec!["b".into()]];
+        let results: Vec<_> = CsvChunks::new(&columns(), DeployMode::Replace, &rows).collect();
+        assert_eq!(results.len(), 1);
+        let err = results.into_iter().next().unwrap().unwrap_err().to_string();
+        assert!(err.contains("row 2 has 1 values but the lookup has 4 columns"), "{err}");
+    }
+}

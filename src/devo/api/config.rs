@@ -1,0 +1,162 @@
+//! Where and how the Lookups API uploader talks to Devo.
+
+use std::time::Duration;
+
+use reqwest::Url;
+use secrecy::SecretString;
+
+use crate::connector::config::{ConfigError, DevoSettings, Region};
+
+/// How failed requests are retried: at most `max_attempts` tries, sleeping a random time in
+/// `0..=min(max_delay, base_delay * 2^retry)` between them ("full jitter"), or Devo's `Retry-After` when longer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 5, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) }
+    }
+}
+
+/// Everything the Lookups API uploader needs. The token is a secret: it only ever goes into the
+/// `Authorization` header.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// The API root, e.g. `https://api-us.devo.com/lookup-api` (no trailing slash).
+    pub base_url: Url,
+    /// The Devo domain that owns the lookup (already resolved by the caller, e.g. from the certificate).
+    pub domain: String,
+    pub token: SecretString,
+    /// Extra trust anchors (PEM, from `DEVO_CA_FILE`) on top of the system roots.
+    pub extra_ca_pem: Option<String>,
+    /// How long to wait for Devo's job to report success or failure after an upload.
+    pub job_timeout: Duration,
+    pub poll_interval: Duration,
+    /// Connect timeout, and the longest silence while reading a response.
+    pub io_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl ApiConfig {
+    /// A configuration with the default timings (job timeout 10 min, polls every 2 s, I/O timeout 60 s).
+    pub fn new(base_url: Url, domain: impl Into<String>, token: SecretString) -> Result<Self, ConfigError> {
+        let domain = domain.into();
+        if domain.trim().is_empty() {
+            return Err(ConfigError::missing("devo_domain"));
+        }
+        Ok(Self {
+            base_url,
+            domain,
+            token,
+            extra_ca_pem: None,
+            job_timeout: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(2),
+            io_timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// A configuration for a region; `Custom` takes the UI's "Custom Devo Endpoint", which must be an https URL.
+    pub fn for_region(
+        region: Region,
+        custom_endpoint: Option<&str>,
+        domain: impl Into<String>,
+        token: SecretString,
+    ) -> Result<Self, ConfigError> {
+        Self::new(base_url(region, custom_endpoint)?, domain, token)
+    }
+
+    /// The configuration the UI describes. `domain` is resolved by the caller ("Devo Domain", or the
+    /// certificate's subject when that field is empty).
+    pub fn from_settings(devo: &DevoSettings, domain: impl Into<String>) -> Result<Self, ConfigError> {
+        let token = devo.api_token.as_ref().ok_or_else(|| ConfigError::missing("devo_api_token"))?;
+        Self::for_region(devo.region, devo.custom_endpoint.as_deref(), domain, token.secret().clone())
+    }
+}
+
+/// The Lookups API root of a region: the documented US and EU hosts, CA and APAC by the same pattern, or the
+/// custom endpoint.
+pub fn base_url(region: Region, custom_endpoint: Option<&str>) -> Result<Url, ConfigError> {
+    let fixed = match region {
+        Region::Us => "https://api-us.devo.com/lookup-api",
+        Region::Eu => "https://api-eu.devo.com/lookup-api",
+        Region::Ca => "https://api-ca.devo.com/lookup-api",
+        Region::Apac => "https://api-ap.devo.com/lookup-api",
+        Region::Custom => {
+            let raw = custom_endpoint.map(str::trim).filter(|e| !e.is_empty());
+            return custom_url(raw.ok_or_else(|| ConfigError::missing("devo_custom_endpoint"))?);
+        }
+    };
+    Ok(Url::parse(fixed).expect("the region table holds valid URLs"))
+}
+
+fn custom_url(raw: &str) -> Result<Url, ConfigError> {
+    let invalid = |why: &str| {
+        ConfigError::invalid(
+            "devo_custom_endpoint",
+            format!(
+                "{raw:?} {why}; with the Lookups API it is an https URL such as https://devo.example.com/lookup-api"
+            ),
+        )
+    };
+    let url = Url::parse(raw).map_err(|e| invalid(&format!("is not a URL ({e})")))?;
+    if url.scheme() != "https" {
+        return Err(invalid("does not start with https://"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("may not hold a query, a fragment or credentials"));
+    }
+    // Paths are appended segment by segment, so a trailing slash would leave an empty segment.
+    let mut url = url;
+    let path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&path);
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_region_has_its_lookup_api_root() {
+        let cases = [
+            (Region::Us, "https://api-us.devo.com/lookup-api"),
+            (Region::Eu, "https://api-eu.devo.com/lookup-api"),
+            (Region::Ca, "https://api-ca.devo.com/lookup-api"),
+            (Region::Apac, "https://api-ap.devo.com/lookup-api"),
+        ];
+        for (region, url) in cases {
+            assert_eq!(base_url(region, Some("https://ignored.example")).unwrap().as_str(), url);
+        }
+    }
+
+    #[test]
+    fn a_custom_endpoint_is_kept_without_its_trailing_slash() {
+        let url = base_url(Region::Custom, Some(" https://devo.example.com:8443/lookup-api/ ")).unwrap();
+        assert_eq!(url.as_str(), "https://devo.example.com:8443/lookup-api");
+    }
+
+    #[test]
+    fn a_custom_endpoint_must_be_an_https_url_and_errors_name_the_field() {
+        for bad in ["http://devo.example.com/lookup-api", "devo.example.com", "https://devo.example.com/x?a=1"] {
+            let err = base_url(Region::Custom, Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("Custom Devo Endpoint"), "{err}");
+            assert!(err.contains(bad), "{err}");
+        }
+        let err = base_url(Region::Custom, None).unwrap_err().to_string();
+        assert!(err.contains("Custom Devo Endpoint"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_domain_is_refused_naming_the_field() {
+        let err = ApiConfig::for_region(Region::Eu, None, " ", SecretString::from("t")).unwrap_err();
+        assert!(err.to_string().contains("Devo Domain"), "{err}");
+    }
+}

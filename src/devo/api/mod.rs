@@ -1,0 +1,475 @@
+//! Upload method `lookups-api`: Devo's Lookups REST API (`contracts/devo.md` §1). Each upload is one
+//! `deploy-csv` request whose CSV streams from the [`RowSource`], then a poll of the job it started; the upload
+//! counts as delivered only when that job reports success.
+
+mod body;
+mod config;
+mod retry;
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::channel::mpsc;
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::multipart::{Form, Part};
+use reqwest::{Body, Method, Response, StatusCode, Url};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use self::body::{CsvChunks, DeployMode};
+pub use self::config::{ApiConfig, RetryPolicy, base_url};
+use super::{Delivery, Error, Receipt, RowSource, Table, Uploader};
+use crate::connector::config::ConfigError;
+
+/// Uploads lookups through the Lookups API with a Bearer token.
+pub struct LookupsApiUploader {
+    client: reqwest::Client,
+    config: ApiConfig,
+}
+
+/// The outcome of one try of a request: retry it (after `retry_after`, if Devo said) or give up.
+enum Attempt {
+    Retry { why: String, retry_after: Option<Duration> },
+    Fail(Error),
+}
+
+/// One `deploy-csv` request that Devo's job applied.
+struct Deployed {
+    rows: u64,
+    attempts: u32,
+    job: String,
+}
+
+impl LookupsApiUploader {
+    /// Builds the HTTPS client: system roots plus `extra_ca_pem`, the token as a sensitive header.
+    pub fn new(config: ApiConfig) -> Result<Self, Error> {
+        crate::init_tls();
+        let mut auth =
+            HeaderValue::try_from(format!("Bearer {}", config.token.expose_secret().trim())).map_err(|_| {
+                ConfigError::invalid("devo_api_token", "holds characters that cannot be sent in an HTTP header")
+            })?;
+        auth.set_sensitive(true);
+        let headers =
+            HeaderMap::from_iter([(AUTHORIZATION, auth), (ACCEPT, HeaderValue::from_static("application/json"))]);
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(config.extra_ca_pem.as_deref())?)
+            .default_headers(headers)
+            .user_agent(concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.io_timeout)
+            .read_timeout(config.io_timeout)
+            .build()
+            .map_err(|e| Error::Tls(format!("cannot set up the HTTPS client: {e}")))?;
+        Ok(Self { client, config })
+    }
+
+    fn endpoint(&self) -> String {
+        self.config.base_url.to_string()
+    }
+
+    fn remote(&self, message: impl Into<String>) -> Error {
+        Error::Remote { endpoint: self.endpoint(), message: message.into() }
+    }
+
+    /// `{base}/lookup/{domain}/{name}/{more...}`, each segment percent-encoded.
+    fn url(&self, table: &Table, more: &[&str]) -> Url {
+        let mut url = self.config.base_url.clone();
+        url.path_segments_mut()
+            .expect("an https URL has a path")
+            .push("lookup")
+            .push(&self.config.domain)
+            .push(&table.name)
+            .extend(more);
+        url
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retry policy is spent; returns the value and
+    /// how many tries it took.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<(T, u32), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let policy = &self.config.retry;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (why, retry_after) = match attempt().await {
+                Ok(value) => return Ok((value, tries)),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry { why, retry_after }) => (why, retry_after),
+            };
+            if tries >= policy.max_attempts.max(1) {
+                return Err(self.remote(format!("{what}: {why}; gave up after {tries} attempts")));
+            }
+            if let Some(asked) = retry_after.filter(|a| *a > policy.max_delay) {
+                return Err(self.remote(format!(
+                    "{what}: {why}; Devo asked to retry after {} s, longer than this run waits ({} s): try again later",
+                    asked.as_secs(),
+                    policy.max_delay.as_secs()
+                )));
+            }
+            let wait = retry::backoff(policy, tries - 1, retry_after);
+            tracing::warn!(endpoint = %self.config.base_url, attempt = tries, wait_ms = wait.as_millis() as u64, "{what}: {why}; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sorts a response: success passes; 401/403 name the token; 408, 429 and 5xx are retried; the rest fail
+    /// with Devo's message.
+    async fn check(&self, what: &str, response: Response) -> Result<Response, Attempt> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
+        let message = self.devo_message(&response.text().await.unwrap_or_default());
+        match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Attempt::Fail(
+                ConfigError::invalid(
+                    "devo_api_token",
+                    format!(
+                        "Devo at {} refused it (HTTP {status}{message}); check that the token is valid, not expired, \
+                         and allowed to manage the lookups of domain {:?}",
+                        self.config.base_url, self.config.domain
+                    ),
+                )
+                .into(),
+            )),
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+                Err(Attempt::Retry { why: format!("HTTP {status}{message}"), retry_after })
+            }
+            s if s.is_server_error() => Err(Attempt::Retry { why: format!("HTTP {status}{message}"), retry_after }),
+            _ => Err(Attempt::Fail(self.remote(format!("{what}: HTTP {status}{message}")))),
+        }
+    }
+
+    /// Devo's explanation from an error body, `": <message>"`, short, and never echoing the token.
+    fn devo_message(&self, body: &str) -> String {
+        let json: Option<Value> = serde_json::from_str(body).ok();
+        let text = json
+            .as_ref()
+            .and_then(|j| ["message", "error", "msg", "detail"].iter().find_map(|k| j.get(k)?.as_str()))
+            .unwrap_or(body)
+            .trim();
+        if text.is_empty() {
+            return String::new();
+        }
+        let text: String = text.chars().take(300).collect();
+        let token = self.config.token.expose_secret().trim();
+        format!(": {}", if token.is_empty() { text } else { text.replace(token, "[redacted]") })
+    }
+
+    /// A failure to send or receive: a certificate problem is final; anything else is retried.
+    fn transport(&self, what: &str, error: reqwest::Error) -> Attempt {
+        if let Some(tls) = rustls_cause(&error) {
+            return Attempt::Fail(Error::Tls(format!(
+                "{what}: cannot verify {}: {tls}; if Devo is reached through a private CA or a TLS-inspecting proxy, \
+                 put that CA in DEVO_CA_FILE",
+                self.config.base_url
+            )));
+        }
+        Attempt::Retry { why: error_chain(&error), retry_after: None }
+    }
+
+    /// A bodiless request, retried; `Ok(None)` when Devo answers 404.
+    async fn get_json(&self, what: &str, url: &Url) -> Result<Option<Value>, Error> {
+        let (value, _) = self
+            .retrying(what, || async {
+                let response = self.client.get(url.clone()).send().await.map_err(|e| self.transport(what, e))?;
+                if response.status() == StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                let response = self.check(what, response).await?;
+                let bytes = response.bytes().await.map_err(|e| self.transport(what, e))?;
+                Ok(Some(serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+            })
+            .await?;
+        Ok(value)
+    }
+
+    async fn job_ids(&self, table: &Table) -> Result<Vec<String>, Error> {
+        let list = self.get_json("listing the lookup's jobs", &self.url(table, &["job"])).await?;
+        Ok(list
+            .as_ref()
+            .and_then(|l| l.get("jobs")?.as_array())
+            .map(|jobs| jobs.iter().filter_map(job_id).collect())
+            .unwrap_or_default())
+    }
+
+    /// One `deploy-csv` request, then its job until it succeeds.
+    async fn deploy(
+        &self,
+        table: &Table,
+        mode: DeployMode,
+        create: bool,
+        rows: &dyn RowSource,
+    ) -> Result<Deployed, Error> {
+        let what = format!("uploading lookup {:?} ({})", table.name, mode.describe());
+        let url = self.url(table, &["deploy-csv"]);
+        let method = if create { Method::POST } else { Method::PUT };
+        let config = body::deploy_config(&table.columns, mode).to_string();
+        // Jobs seen before the upload, to recognise its job should the response not name it.
+        let before = self.job_ids(table).await?;
+        let ((rows_sent, named_job), attempts) =
+            self.retrying(&what, || self.upload_once(&what, method.clone(), &url, &config, table, mode, rows)).await?;
+        let job = match named_job {
+            Some(job) => job,
+            None => self
+                .job_ids(table)
+                .await?
+                .into_iter()
+                .rfind(|j| !before.contains(j))
+                .ok_or_else(|| self.remote(format!("{what}: Devo took the upload but lists no new job for it")))?,
+        };
+        tracing::info!(lookup = %table.name, mode = mode.describe(), rows = rows_sent, attempts, %job, "uploaded; waiting for the job");
+        self.wait_for_job(table, &job).await?;
+        Ok(Deployed { rows: rows_sent, attempts, job })
+    }
+
+    /// Sends the request while encoding the CSV into its body on the same task, so the rows are read only as
+    /// fast as the connection takes them. Returns the rows sent and the job id, if the response names one.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_once(
+        &self,
+        what: &str,
+        method: Method,
+        url: &Url,
+        config: &str,
+        table: &Table,
+        mode: DeployMode,
+        rows: &dyn RowSource,
+    ) -> Result<(u64, Option<String>), Attempt> {
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        let csv = Part::stream(Body::wrap_stream(rx)).file_name(format!("{}.csv", table.name));
+        let form = Form::new()
+            .part("deploy-config", Part::text(config.to_owned()).mime_str("application/json").expect("valid MIME"))
+            .part("csv", csv.mime_str("text/csv").expect("valid MIME"));
+        let request = self.client.request(method, url.clone()).multipart(form).send();
+        let producer = body::pump(CsvChunks::new(&table.columns, mode, rows), tx);
+        tokio::pin!(request, producer);
+        let mut produced = None;
+        let response = loop {
+            tokio::select! {
+                response = &mut request => break response,
+                result = &mut producer, if produced.is_none() => produced = Some(result),
+            }
+        };
+        // An unreadable row is the cause of whatever the request then did; the body was aborted, so Devo got
+        // no complete CSV. `now_or_never` picks up a producer that stopped in the same instant.
+        let produced = match produced {
+            Some(result) => Some(result),
+            None => producer.now_or_never(),
+        };
+        let rows_sent = match produced {
+            Some(Err(e)) => return Err(Attempt::Fail(e)),
+            Some(Ok(rows)) => rows,
+            None => None,
+        };
+        let response = self.check(what, response.map_err(|e| self.transport(what, e))?).await?;
+        let rows_sent = rows_sent
+            .ok_or_else(|| Attempt::Fail(self.remote(format!("{what}: Devo answered before reading the whole CSV"))))?;
+        let bytes = response.bytes().await.map_err(|e| self.transport(what, e))?;
+        let named_job = serde_json::from_slice::<Value>(&bytes).ok().as_ref().and_then(job_id);
+        Ok((rows_sent, named_job))
+    }
+
+    /// Polls the job until it reports success (Ok), failure (its message), or `job_timeout` passes.
+    async fn wait_for_job(&self, table: &Table, job: &str) -> Result<(), Error> {
+        let url = self.url(table, &["job", job]);
+        let deadline = Instant::now() + self.config.job_timeout;
+        let what = format!("the job {job} of lookup {:?}", table.name);
+        loop {
+            let status = self.get_json(&format!("checking {what}"), &url).await?.unwrap_or(Value::Null);
+            match job_state(&status) {
+                JobState::Succeeded => return Ok(()),
+                JobState::Failed(message) => {
+                    return Err(self.remote(format!("{what} failed: {message}; Devo did not apply this upload")));
+                }
+                JobState::Pending => tracing::debug!(%job, "job not finished yet"),
+            }
+            if Instant::now() + self.config.poll_interval > deadline {
+                return Err(self.remote(format!(
+                    "{what} did not finish within {:?}; the run is not counted as delivered and the next run \
+                     sends these rows again",
+                    self.config.job_timeout
+                )));
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Uploader for LookupsApiUploader {
+    async fn deliver(&self, table: &Table, delivery: Delivery<'_>) -> Result<Receipt, Error> {
+        let exists = self.get_json("reading the lookup", &self.url(table, &[])).await?.is_some();
+        let deployed = match delivery {
+            Delivery::Full(rows) => vec![self.deploy(table, DeployMode::Replace, !exists, rows).await?],
+            Delivery::Changes { upserts, deletes } => {
+                if !exists {
+                    return Err(Error::LookupMissing {
+                        endpoint: self.endpoint(),
+                        domain: self.config.domain.clone(),
+                        lookup: table.name.clone(),
+                    });
+                }
+                let mut deployed = Vec::new();
+                for (mode, rows) in [(DeployMode::Upsert, upserts), (DeployMode::Delete, deletes)] {
+                    if !rows.is_empty() {
+                        deployed.push(self.deploy(table, mode, false, rows).await?);
+                    }
+                }
+                deployed
+            }
+        };
+        Ok(Receipt {
+            rows_sent: deployed.iter().map(|d| d.rows).sum(),
+            attempts: 1 + deployed.iter().map(|d| d.attempts - 1).sum::<u32>(),
+            reference: deployed.iter().map(|d| d.job.as_str()).collect::<Vec<_>>().join(","),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("Devo Lookups API at {} (domain {})", self.config.base_url, self.config.domain)
+    }
+}
+
+impl DeployMode {
+    fn describe(self) -> &'static str {
+        match self {
+            DeployMode::Replace => "full",
+            DeployMode::Upsert => "upserts",
+            DeployMode::Delete => "deletes",
+        }
+    }
+}
+
+/// What a job status says. Devo does not publish its shape: a `status` field (or the last entry of `history`)
+/// is read, and anything unrecognised counts as not finished, so a surprise ends in the job timeout, not in a
+/// false success.
+#[derive(Debug, PartialEq, Eq)]
+enum JobState {
+    Pending,
+    Succeeded,
+    Failed(String),
+}
+
+fn job_state(status: &Value) -> JobState {
+    let last = status.get("history").and_then(Value::as_array).and_then(|h| h.last());
+    let field = |key: &str| status.get(key).or_else(|| last?.get(key)).and_then(Value::as_str);
+    match field("status").map(str::to_ascii_uppercase).as_deref() {
+        Some("SUCCEEDED" | "SUCCESS" | "COMPLETED" | "DONE" | "FINISHED") => JobState::Succeeded,
+        Some("FAILED" | "FAILURE" | "ERROR" | "CANCELLED" | "CANCELED" | "ABORTED") => {
+            JobState::Failed(field("message").or_else(|| field("error")).unwrap_or("Devo gave no reason").to_owned())
+        }
+        _ => JobState::Pending,
+    }
+}
+
+/// A job id: a string, or an object's `jobId` / `id`-like field.
+fn job_id(value: &Value) -> Option<String> {
+    if let Some(id) = value.as_str() {
+        return Some(id.to_owned());
+    }
+    ["jobId", "job_id", "jobUuid", "job", "uuid", "id"].iter().find_map(|k| value.get(k)?.as_str().map(str::to_owned))
+}
+
+/// The TLS client configuration: system roots, plus the PEM certificates of `DEVO_CA_FILE`.
+fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!("skipping a system root certificate store: {e}");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(pem) = extra_ca_pem {
+        let bad = |why: String| Error::Tls(format!("DEVO_CA_FILE: {why}"));
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not readable as PEM certificates ({e})")))?;
+        if certs.is_empty() {
+            return Err(bad("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(format!("a certificate cannot be used as a trust anchor ({e})")))?;
+        }
+    }
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The rustls error under a reqwest error, if any. `io::Error::source` skips the error it wraps (and rustls
+/// errors come wrapped in two), so each `io::Error` is opened by hand.
+fn rustls_cause<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = error.downcast_ref::<io::Error>().and_then(io::Error::get_ref)
+        && let Some(tls) = rustls_cause(inner)
+    {
+        return Some(tls);
+    }
+    error.source().and_then(rustls_cause)
+}
+
+/// An error and its causes on one line ("error sending request: connection refused").
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let cause = e.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+        next = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_job_succeeds_or_fails_only_on_a_recognised_status() {
+        assert_eq!(job_state(&json!({"status": "SUCCEEDED"})), JobState::Succeeded);
+        assert_eq!(job_state(&json!({"status": "completed"})), JobState::Succeeded);
+        assert_eq!(
+            job_state(&json!({"status": "FAILED", "message": "bad column"})),
+            JobState::Failed("bad column".into())
+        );
+        assert_eq!(job_state(&json!({"history": [{"status": "RUNNING"}, {"status": "SUCCESS"}]})), JobState::Succeeded);
+        for pending in [json!({"status": "RUNNING"}), json!({"state": "done"}), json!([1, 2]), Value::Null] {
+            assert_eq!(job_state(&pending), JobState::Pending, "{pending}");
+        }
+    }
+
+    #[test]
+    fn a_job_id_is_a_string_or_an_id_field() {
+        assert_eq!(job_id(&json!("abc")), Some("abc".into()));
+        assert_eq!(job_id(&json!({"jobId": "j-1"})), Some("j-1".into()));
+        assert_eq!(job_id(&json!({"id": "j-2"})), Some("j-2".into()));
+        assert_eq!(job_id(&json!({"status": "ok"})), None);
+    }
+
+    #[test]
+    fn an_extra_ca_file_without_certificates_is_refused_naming_it() {
+        crate::init_tls();
+        let err = tls_config(Some("not a pem")).unwrap_err().to_string();
+        assert!(err.contains("DEVO_CA_FILE"), "{err}");
+    }
+}
