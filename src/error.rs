@@ -21,6 +21,8 @@ pub enum Error {
     Refused(#[from] export::Refusal),
     #[error("the run lock {} is held by pid {pid}, which {reason}; stop that process, then run again", .path.display())]
     LockHeld { path: std::path::PathBuf, pid: u32, reason: String },
+    #[error("stopped by {0} before the run finished; Devo and the state are as before")]
+    Stopped(&'static str),
     #[error("{0}")]
     Other(String),
     #[error("{context}: {source}")]
@@ -37,7 +39,7 @@ impl Error {
             Error::Devo(_) => 5,
             Error::Locked { .. } | Error::LockHeld { .. } => 6,
             Error::Refused(_) => 7,
-            Error::Other(_) | Error::Io { .. } => 1,
+            Error::Other(_) | Error::Io { .. } | Error::Stopped(_) => 1,
         }
     }
 

@@ -9,11 +9,7 @@ fn main() -> ExitCode {
     let result =
         invocation.start_logging().and_then(|_log| match invocation.run_local(&mut std::io::stdout().lock()) {
             Some(result) => result,
-            // The run, `demo` and `sandbox`: the run orchestration (src/connector/run.rs) plugs in here.
-            None => Err(tqdevo::Error::Other(format!(
-                "{:?} needs the ThreatQ client, not in this build",
-                invocation.command
-            ))),
+            None => tqdevo::connector::run::execute(&invocation),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

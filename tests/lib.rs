@@ -2,6 +2,6 @@
 //! loopback stand-ins.
 
 mod cli;
+mod lookups_api;
 mod relay;
 mod threatq;
-mod lookups_api;

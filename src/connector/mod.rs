@@ -3,10 +3,12 @@
 pub mod cli;
 pub mod config;
 pub mod cron;
+pub mod demo;
 pub mod local;
 pub mod lock;
 pub mod logging;
 pub mod progress;
+pub mod run;
 pub mod secrets;
 pub mod setup;
 pub mod sync;

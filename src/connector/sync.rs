@@ -76,7 +76,12 @@ pub fn target_of(settings: &Settings, uploader: &dyn Uploader) -> Digest {
     export::target_digest(&[&table.name, &columns.join(","), &uploader.describe()])
 }
 
-fn full_reason(settings: &Settings, state: &Result<State, Unusable>, target: Digest, now: DateTime<Utc>) -> Option<FullReason> {
+fn full_reason(
+    settings: &Settings,
+    state: &Result<State, Unusable>,
+    target: Digest,
+    now: DateTime<Utc>,
+) -> Option<FullReason> {
     match state {
         Err(Unusable::Missing) => Some(FullReason::NoState),
         Err(Unusable::Corrupt(why)) => Some(FullReason::UnusableState(why.clone())),

@@ -1,10 +1,11 @@
 //! Writing to Devo: one [`Uploader`] trait, two upload methods (the Lookups REST API and the legacy mTLS relay).
 
 use std::io;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub mod api;
+use crate::connector::config::{ConfigError, DevoSettings, UploadMethod};
 
 /// A column's type as Devo's lookups know it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -105,5 +106,64 @@ pub enum Error {
     Tls(String),
 }
 
+pub mod api;
 pub mod pem;
 pub mod relay;
+
+/// Settings of the upload methods that come from the host rather than the UI.
+#[derive(Clone, Debug)]
+pub struct DevoOptions {
+    /// Extra trust anchors for the Lookups API (PEM), from `DEVO_CA_FILE`.
+    pub extra_ca_pem: Option<String>,
+    /// The relay's pause after START and before END, from `DEVO_RELAY_DELAY_SECONDS` (devo-sdk's 5 s by default).
+    pub relay_delay: Duration,
+}
+
+impl Default for DevoOptions {
+    fn default() -> Self {
+        Self { extra_ca_pem: None, relay_delay: Duration::from_secs(5) }
+    }
+}
+
+impl DevoOptions {
+    /// Reads `DEVO_CA_FILE` and `DEVO_RELAY_DELAY_SECONDS`; a bad value names the variable.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, crate::Error> {
+        let extra_ca_pem = match env("DEVO_CA_FILE") {
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                crate::Error::LocalConfig(format!("DEVO_CA_FILE={path}: cannot read the CA file ({e})"))
+            })?),
+            None => None,
+        };
+        let relay_delay = match env("DEVO_RELAY_DELAY_SECONDS") {
+            Some(v) => {
+                Duration::from_secs_f64(v.trim().parse::<f64>().ok().filter(|s| (0.0..=600.0).contains(s)).ok_or_else(
+                    || crate::Error::LocalConfig(format!("DEVO_RELAY_DELAY_SECONDS={v:?}: give seconds from 0 to 600")),
+                )?)
+            }
+            None => Self::default().relay_delay,
+        };
+        Ok(Self { extra_ca_pem, relay_delay })
+    }
+}
+
+/// The uploader the UI chose, with every PEM, endpoint and name checked before anything connects.
+pub fn uploader(settings: &DevoSettings, options: &DevoOptions) -> Result<Box<dyn Uploader>, Error> {
+    match settings.method {
+        UploadMethod::Relay => {
+            let config = relay::RelayConfig::from_settings(settings)?.start_end_delay(options.relay_delay);
+            Ok(Box::new(relay::RelayUploader::new(config)))
+        }
+        UploadMethod::LookupsApi => {
+            let domain = match (&settings.domain, &settings.certificate) {
+                (Some(domain), _) => domain.clone(),
+                (None, Some(cert)) => pem::domain_from_certificate(cert).ok_or_else(|| {
+                    ConfigError::invalid("devo_domain", "is empty and the certificate's subject names no domain")
+                })?,
+                (None, None) => return Err(ConfigError::missing("devo_domain").into()),
+            };
+            let mut config = api::ApiConfig::from_settings(settings, domain)?;
+            config.extra_ca_pem = options.extra_ca_pem.clone();
+            Ok(Box::new(api::LookupsApiUploader::new(config)?))
+        }
+    }
+}

@@ -190,9 +190,10 @@ impl State {
             for row in rows.rows() {
                 let row = row?;
                 let key = row[0].as_bytes();
-                let len = u32::try_from(key.len()).ok().filter(|l| *l <= MAX_KEY).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "an IOC value is longer than 1 MiB")
-                })?;
+                let len = u32::try_from(key.len())
+                    .ok()
+                    .filter(|l| *l <= MAX_KEY)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an IOC value is longer than 1 MiB"))?;
                 put(&len.to_le_bytes())?;
                 put(key)?;
                 put(&digest_row(&row).to_le_bytes())?;

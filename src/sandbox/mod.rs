@@ -2,6 +2,7 @@
 //! `sandbox`, the tests and the benchmarks.
 
 pub mod certs;
-pub mod relay;
-pub mod threatq;
 pub mod devo_api;
+pub mod relay;
+pub mod stage;
+pub mod threatq;

@@ -1,0 +1,198 @@
+//! `demo`: the whole product flow against the in-repo stand-ins, and `sandbox`: the stand-ins kept running for
+//! trying the real binary by hand.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use serde_json::json;
+
+use super::config::UploadMethod;
+use super::run::{self, Outcome, RunContext};
+use super::setup::LinePrompter;
+use crate::Error;
+use crate::sandbox::stage::{self, Ports, Stage};
+
+/// IOCs the demo's ThreatQ holds.
+const DEMO_IOCS: u64 = 3_000;
+/// Rows of the lookup the demo prints.
+const SHOWN_ROWS: usize = 8;
+
+fn io_error(e: std::io::Error) -> Error {
+    Error::io("writing to stdout", e)
+}
+
+/// Runs the connector once as cron would, with `env` as the environment.
+async fn run_once(
+    stage_dir: &std::path::Path,
+    name: &str,
+    env: &HashMap<String, String>,
+    out: &mut dyn Write,
+) -> Result<Outcome, Error> {
+    let lookup = |key: &str| env.get(key).cloned();
+    let mut no_input = LinePrompter::new(std::io::empty(), Vec::new());
+    run::run(RunContext {
+        dir: stage_dir.to_owned(),
+        name: name.to_owned(),
+        cron_dir: stage_dir.to_owned(),
+        dry_run: false,
+        allow_mass_delete: false,
+        env: &lookup,
+        prompter: &mut no_input,
+        out,
+    })
+    .await
+}
+
+/// The demo: set up, configure in the UI, export, change the collection, export again; for both upload methods.
+pub async fn demo(out: &mut dyn Write) -> Result<(), Error> {
+    let work = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    let stage = Stage::start(DEMO_IOCS, Ports::default(), work.path())
+        .await
+        .map_err(|e| Error::io("starting the stand-ins", e))?;
+    let env = stage.env();
+    writeln!(
+        out,
+        "Stand-ins on loopback: ThreatQ {} with {DEMO_IOCS} IOCs (collection {:?}: the Active ones), Devo Lookups \
+         API {}, Devo relay localhost:{}\n",
+        stage.threatq.base_url(),
+        stage::COLLECTION,
+        stage.devo_api.base_url(),
+        stage.relay.port()
+    )
+    .map_err(io_error)?;
+
+    for (method, name, lookup) in
+        [(UploadMethod::LookupsApi, "demo-api", "tq_iocs_api"), (UploadMethod::Relay, "demo-relay", "tq_iocs_relay")]
+    {
+        let title = match method {
+            UploadMethod::LookupsApi => "Lookups API (default)",
+            UploadMethod::Relay => "X.509 relay (legacy)",
+        };
+        writeln!(out, "=== Upload method: {title} ===").map_err(io_error)?;
+        writeln!(out, "$ tq-conn-devo-ioc-exporter -n {name}    # first run, answers from THREATQ_* variables")
+            .map_err(io_error)?;
+        if let Outcome::Configured = run_once(work.path(), name, &env, out).await? {
+            writeln!(out, "{}", super::setup::CONFIGURED).map_err(io_error)?;
+        }
+
+        writeln!(out, "$ tq-conn-devo-ioc-exporter -n {name}    # before the UI is filled").map_err(io_error)?;
+        run_once(work.path(), name, &env, out).await?;
+
+        writeln!(out, "[ThreatQ UI] fill the Configuration tab, lookup {lookup:?}, and turn the toggle on")
+            .map_err(io_error)?;
+        stage.threatq.set_custom_fields(name, stage.ui_fields(method, lookup));
+        stage.threatq.set_active(name, true);
+        writeln!(out, "$ tq-conn-devo-ioc-exporter -n {name}").map_err(io_error)?;
+        run_once(work.path(), name, &env, out).await?;
+        print_lookup(out, &stage, method, lookup)?;
+
+        let changes = change_collection(&stage, lookup);
+        writeln!(out, "[ThreatQ] the collection changes: {changes}").map_err(io_error)?;
+        writeln!(out, "$ tq-conn-devo-ioc-exporter -n {name}    # sends only the changes").map_err(io_error)?;
+        run_once(work.path(), name, &env, out).await?;
+        print_lookup(out, &stage, method, lookup)?;
+        writeln!(out).map_err(io_error)?;
+    }
+    writeln!(out, "Demo finished. The same runs, against a real ThreatQ and Devo: see the README.").map_err(io_error)
+}
+
+/// Adds two IOCs, edits one and expires (removes from the Active collection) two, as analysts would.
+fn change_collection(stage: &Stage, tag: &str) -> String {
+    let tq = &stage.threatq;
+    let stamp = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
+    let added: Vec<u64> = [format!("new-c2.{tag}.example.net"), format!("https://{tag}.example.org/payload")]
+        .iter()
+        .zip(["FQDN", "URL"])
+        .map(|(value, ty)| {
+            tq.upsert_indicator(json!({
+                "value": value, "type": {"name": ty}, "status": {"name": "Active"}, "score": 9,
+                "attributes": [{"name": "Attack Phase", "value": "Command and Control"}],
+                "adversaries": [{"id": 1, "name": "Demo Adversary"}],
+                "sources": [{"name": "Demo Feed"}], "tags": [{"name": "demo"}],
+                "created_at": stamp, "updated_at": stamp,
+            }))
+        })
+        .collect();
+    let is_active = |i: &serde_json::Value| i["status"]["name"] == "Active" || i["status"] == "Active";
+    let active: Vec<u64> = (1..=500).filter(|id| tq.indicator(*id).is_some_and(|i| is_active(&i))).take(3).collect();
+    tq.modify_indicator(active[0], |i| {
+        i["score"] = json!(10);
+        i["updated_at"] = json!(stamp);
+    });
+    for id in &active[1..] {
+        tq.modify_indicator(*id, |i| i["status"] = json!({"id": 2, "name": "Expired"}));
+    }
+    format!("added ids {:?}, rescored id {}, expired ids {:?}", added, active[0], &active[1..])
+}
+
+fn print_lookup(out: &mut dyn Write, stage: &Stage, method: UploadMethod, lookup: &str) -> Result<(), Error> {
+    let rows = stage.lookup(method, lookup).unwrap_or_default();
+    let columns = crate::export::COLUMNS;
+    let shown = [0, 1, 2, 3, 4, 6];
+    let cell = |v: &str| {
+        let v: String = v.escape_debug().collect();
+        if v.chars().count() > 26 { format!("{}…", v.chars().take(25).collect::<String>()) } else { v }
+    };
+    writeln!(out, "Devo lookup {lookup:?}: {} rows; the first {}:", rows.len(), SHOWN_ROWS.min(rows.len()))
+        .map_err(io_error)?;
+    let header: Vec<String> = shown.iter().map(|i| format!("{:<26}", columns[*i].0)).collect();
+    writeln!(out, "  {}", header.join(" ").trim_end()).map_err(io_error)?;
+    for row in rows.iter().take(SHOWN_ROWS) {
+        let cells: Vec<String> = shown.iter().map(|i| format!("{:<26}", cell(&row[*i]))).collect();
+        writeln!(out, "  {}", cells.join(" ").trim_end()).map_err(io_error)?;
+    }
+    Ok(())
+}
+
+/// `sandbox`: keeps the stand-ins running on fixed ports and says how to point the real binary at them.
+pub async fn sandbox(out: &mut dyn Write) -> Result<(), Error> {
+    let files = std::env::temp_dir().join("tq-conn-devo-ioc-exporter-sandbox");
+    let ports = Ports { threatq: 8443, devo_api: 8444 };
+    let stage = Stage::start(DEMO_IOCS, ports, &files).await.map_err(|e| Error::io("starting the stand-ins", e))?;
+    let env = stage.env();
+    let mut vars: Vec<_> = env.iter().filter(|(k, _)| k.as_str() != "DEVO_RELAY_DELAY_SECONDS").collect();
+    vars.sort();
+    writeln!(out, "Stand-ins running until Ctrl-C:").map_err(io_error)?;
+    writeln!(out, "  ThreatQ       {}  (collection {:?})", stage.threatq.base_url(), stage::COLLECTION)
+        .map_err(io_error)?;
+    writeln!(
+        out,
+        "  Devo API      {}  (domain {:?}, token {:?})",
+        stage.devo_api.base_url(),
+        stage::DOMAIN,
+        crate::sandbox::devo_api::DEFAULT_TOKEN
+    )
+    .map_err(io_error)?;
+    writeln!(
+        out,
+        "  Devo relay    localhost:{}  (client certificate and chain CA in the UI form below)",
+        stage.relay.port()
+    )
+    .map_err(io_error)?;
+    writeln!(out, "\nIn another shell, set up and run the real binary:").map_err(io_error)?;
+    for (k, v) in vars {
+        writeln!(out, "  export {k}={v}").map_err(io_error)?;
+    }
+    writeln!(out, "  tq-conn-devo-ioc-exporter -c /tmp/tq-sandbox -ll stdout -v2      # registers the connector")
+        .map_err(io_error)?;
+    writeln!(out, "\nThe UI form is filled and the toggle turned on for you as soon as the connector registers.")
+        .map_err(io_error)?;
+    out.flush().map_err(io_error)?;
+    let fields = stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs");
+    let name = super::config::CONNECTOR_NAME;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                if stage.threatq.connector(name).is_some_and(|c| c["custom_fields"].as_object().is_none_or(|f| f.is_empty())) {
+                    stage.threatq.set_custom_fields(name, fields.clone());
+                    stage.threatq.set_active(name, true);
+                    writeln!(out, "[ThreatQ UI] {name} configured and enabled; run the binary again to export")
+                        .map_err(io_error)?;
+                    out.flush().map_err(io_error)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

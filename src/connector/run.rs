@@ -1,0 +1,205 @@
+//! A run of the connector: the first-run setup when this instance has none; otherwise sign in, pull the live
+//! configuration and the toggle from ThreatQ, export the collection to Devo, and report back.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::config::{self, Settings};
+use super::local::{Env, LocalConfig};
+use super::progress::Progress;
+use super::setup::{self, Prompter};
+use super::sync::{self, Summary, SyncOptions};
+use super::{cron, lock};
+use crate::Error;
+use crate::devo::{self, DevoOptions};
+use crate::threatq::{Client, ConnectorRegistry};
+
+/// What one run needs besides the ThreatQ record.
+pub struct RunContext<'a> {
+    /// The `-c` directory, absolute.
+    pub dir: PathBuf,
+    /// The instance (`-n`): the ThreatQ record's name and the prefix of every local file.
+    pub name: String,
+    pub cron_dir: PathBuf,
+    pub dry_run: bool,
+    pub allow_mass_delete: bool,
+    /// The environment (`THREATQ_*`, `DEVO_CA_FILE`, `DEVO_RELAY_DELAY_SECONDS`); tests and `demo` pass a map.
+    pub env: Env<'a>,
+    /// Asks the first-run questions.
+    pub prompter: &'a mut dyn Prompter,
+    /// Where the summary and a dry run's plan go.
+    pub out: &'a mut dyn std::io::Write,
+}
+
+/// How a run ended, when it did not fail.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The first run registered the connector; the user fills the UI next.
+    Configured,
+    /// The toggle is off in ThreatQ.
+    Disabled,
+    Synced(Summary),
+}
+
+/// The delivered state of an instance.
+pub fn state_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.state"))
+}
+
+/// The report of the last run (`last-run.json` for the default instance, `<name>.last-run.json` for others).
+pub fn last_run_path(dir: &Path, name: &str) -> PathBuf {
+    if name == config::CONNECTOR_NAME { dir.join("last-run.json") } else { dir.join(format!("{name}.last-run.json")) }
+}
+
+/// Runs once. Every outcome, failures too, is written to the last-run report.
+pub async fn run(ctx: RunContext<'_>) -> Result<Outcome, Error> {
+    let started = Utc::now();
+    let (dir, name) = (ctx.dir.clone(), ctx.name.clone());
+    let result = run_inner(ctx, started).await;
+    let report = match &result {
+        Ok(Outcome::Synced(summary)) => json!({"status": "ok", "summary": summary}),
+        Ok(Outcome::Disabled) => json!({"status": "disabled"}),
+        Ok(Outcome::Configured) => json!({"status": "configured"}),
+        Err(e) => json!({"status": "failed", "exit_code": e.code(), "error": e.to_string()}),
+    };
+    if !matches!(result, Ok(Outcome::Synced(Summary { dry_run: true, .. }))) && dir.is_dir() {
+        let mut report = report;
+        report["instance"] = json!(name);
+        report["started_at"] = json!(started.to_rfc3339());
+        report["finished_at"] = json!(Utc::now().to_rfc3339());
+        let path = last_run_path(&dir, &name);
+        if let Err(e) = super::local::write_atomically(&path, config::pretty_json(&report).as_bytes(), 0o600) {
+            tracing::warn!("could not write {}: {e}", path.display());
+        }
+    }
+    result
+}
+
+async fn connect(options: crate::threatq::ClientOptions) -> Result<Client, crate::threatq::Error> {
+    let client = Client::new(options)?;
+    client.sign_in().await?;
+    Ok(client)
+}
+
+async fn run_inner(ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Outcome, Error> {
+    let Some(local) = LocalConfig::load(&ctx.dir, &ctx.name)? else {
+        setup::first_run(&ctx.dir, &ctx.name, ctx.prompter, ctx.env, |options| async move {
+            connect(options).await.map(Box::new)
+        })
+        .await?;
+        return Ok(Outcome::Configured);
+    };
+    let client = connect(local.options_for_run(&ctx.dir, ctx.env)?).await?;
+    let record = client.ensure_registered(&config::definition(Some(&ctx.name))).await?;
+    if !record.is_active {
+        tracing::warn!(connector = %record.name, "disabled in ThreatQ: turn the toggle on in the integration page");
+        writeln!(ctx.out, "{}: disabled in ThreatQ; nothing to do", record.name)
+            .map_err(|e| Error::io("writing to stdout", e))?;
+        return Ok(Outcome::Disabled);
+    }
+    for field in config::unknown_fields(&record.custom_fields) {
+        tracing::warn!(field, "ignoring an unknown field in the ThreatQ configuration");
+    }
+    let settings = config::parse_custom_fields(&record.custom_fields)?;
+    let devo_options = DevoOptions::from_env(ctx.env)?;
+    let uploader = devo::uploader(&settings.devo, &devo_options)?;
+    if cron::activate(&ctx.cron_dir, &ctx.name).unwrap_or(false) {
+        tracing::info!("configured in ThreatQ: the cron job is now enabled");
+    }
+
+    let _lock = if settings.allow_multiple_runs || ctx.dry_run {
+        None
+    } else {
+        let (dir, name, kill_after) = (ctx.dir.clone(), ctx.name.clone(), settings.kill_previous_after);
+        // Stopping an old holder waits for it, so keep that off the async workers.
+        let guard = tokio::task::spawn_blocking(move || lock::acquire(&dir, &name, kill_after))
+            .await
+            .map_err(|e| Error::Other(format!("the lock task failed: {e}")))??;
+        Some(guard)
+    };
+
+    let summary = export(&client, &settings, uploader.as_ref(), &ctx, started).await?;
+    if summary.dry_run {
+        print_plan(ctx.out, &summary).map_err(|e| Error::io("writing to stdout", e))?;
+        return Ok(Outcome::Synced(summary));
+    }
+    writeln!(ctx.out, "{}", summary.line()).map_err(|e| Error::io("writing to stdout", e))?;
+    tracing::info!(target: "summary", "{}", summary.line());
+    client.report_run(record.id, Utc::now(), summary.unique).await?;
+    Ok(Outcome::Synced(summary))
+}
+
+async fn export(
+    client: &Client,
+    settings: &Settings,
+    uploader: &dyn devo::Uploader,
+    ctx: &RunContext<'_>,
+    started: DateTime<Utc>,
+) -> Result<Summary, Error> {
+    let collection = client.find_collection(&settings.data_collection_name).await?;
+    tracing::info!(collection = %collection.name, devo = %uploader.describe(), "exporting");
+    let progress = Progress::new("IOCs");
+    let options = SyncOptions { dry_run: ctx.dry_run, allow_mass_delete: ctx.allow_mass_delete, now: started };
+    let pages = client.indicators(&collection, settings.batch_size);
+    let mut seen = 0;
+    let summary = sync::sync(pages, settings, uploader, &state_path(&ctx.dir, &ctx.name), &options, |fetched| {
+        progress.inc(fetched - seen);
+        seen = fetched;
+    })
+    .await;
+    progress.finish();
+    summary
+}
+
+fn print_plan(out: &mut dyn std::io::Write, summary: &Summary) -> std::io::Result<()> {
+    writeln!(out, "{}", summary.line())?;
+    if let Some(reason) = &summary.reason {
+        writeln!(out, "full replace because {reason}")?;
+    }
+    for (action, row) in &summary.preview {
+        writeln!(out, "  {action:<6} {}", row.join(" | "))?;
+    }
+    writeln!(out, "dry run: nothing was sent to Devo and the state is unchanged")
+}
+
+/// Runs the commands that talk to ThreatQ or Devo (the run, `demo`, `sandbox`) on a tokio runtime. SIGTERM and
+/// Ctrl-C stop a run cleanly: the upload is dropped without its END, the lock is released and the state is kept.
+pub fn execute(invocation: &super::cli::Invocation) -> Result<(), Error> {
+    use super::cli::Command;
+    crate::init_tls();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
+    runtime.block_on(async {
+        let mut stdout = std::io::stdout();
+        let work = async {
+            match &invocation.command {
+                Command::Demo => super::demo::demo(&mut stdout).await,
+                Command::Sandbox => super::demo::sandbox(&mut stdout).await,
+                _ => {
+                    let dir = std::path::absolute(&invocation.config_dir)
+                        .map_err(|e| Error::io(format!("resolving {}", invocation.config_dir.display()), e))?;
+                    let mut prompter = super::setup::LinePrompter::stdio();
+                    let ctx = RunContext {
+                        dir,
+                        name: invocation.name.clone(),
+                        cron_dir: invocation.cron_dir.clone(),
+                        dry_run: invocation.dry_run,
+                        allow_mass_delete: invocation.allow_mass_delete,
+                        env: &super::local::process_env,
+                        prompter: &mut prompter,
+                        out: &mut stdout,
+                    };
+                    run(ctx).await.map(drop)
+                }
+            }
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+        tokio::select! {
+            result = work => result,
+            _ = term.recv() => Err(Error::Stopped("SIGTERM")),
+            _ = tokio::signal::ctrl_c() => Err(Error::Stopped("SIGINT")),
+        }
+    })
+}
