@@ -162,6 +162,27 @@ async fn changes_to_a_lookup_that_is_gone_ask_for_a_full_upload() {
 }
 
 #[tokio::test]
+async fn a_lookup_deleted_in_devo_makes_the_next_changes_ask_for_a_full_upload() {
+    bounded(async {
+        let (standin, uploader) = start().await;
+        uploader.deliver(&table(), Delivery::Full(&rows(0..3))).await.unwrap();
+        let ca = reqwest::Certificate::from_pem(standin.ca_pem().as_bytes()).unwrap();
+        let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+        let lookups = format!("{}/lookup/{DOMAIN}", standin.base_url());
+        let listed: serde_json::Value =
+            http.get(&lookups).bearer_auth(DEFAULT_TOKEN).send().await.unwrap().json().await.unwrap();
+        assert_eq!(listed, serde_json::json!({"lookups": [LOOKUP]}));
+        let deleted = http.delete(format!("{lookups}/{LOOKUP}")).bearer_auth(DEFAULT_TOKEN).send().await.unwrap();
+        assert_eq!(deleted.status(), 204);
+
+        let upserts = rows(3..4);
+        let err = uploader.deliver(&table(), Delivery::Changes { upserts: &upserts, deletes: &Vec::new() }).await;
+        assert!(matches!(err, Err(Error::LookupMissing { .. })), "{err:?}");
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_failed_job_is_an_error_with_devos_message_and_the_table_is_unchanged() {
     bounded(async {
         let (standin, uploader) = start().await;

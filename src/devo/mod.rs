@@ -98,7 +98,8 @@ pub enum Error {
     Rows(io::Error),
     /// Changes cannot be applied to a lookup that is gone: the caller answers with a full upload.
     #[error(
-        "Devo at {endpoint}: lookup {lookup:?} does not exist in domain {domain:?}, so changes cannot be applied; a full upload creates it"
+        "Devo at {endpoint}: lookup {lookup:?} does not exist in domain {domain:?}, so changes cannot be applied; \
+         a full upload creates it"
     )]
     LookupMissing { endpoint: String, domain: String, lookup: String },
     /// The trust settings for Devo's HTTPS endpoint (`DEVO_CA_FILE`, an untrusted certificate).

@@ -2,10 +2,11 @@
 //! chunks as the request is sent so that no upload ever sits in memory whole.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::SinkExt;
 use futures::channel::mpsc;
+use futures::{SinkExt, Stream, StreamExt, future, stream};
 use serde_json::{Value, json};
 
 use crate::devo::{Column, ColumnType, Error, Row, RowSource};
@@ -147,27 +148,54 @@ impl Iterator for CsvChunks<'_> {
     }
 }
 
-/// Feeds the chunks into the request body. Returns the rows sent, or `None` when the request stopped reading
-/// (it ended early: the response says why). An unreadable row aborts the body with an error so that the server
-/// never sees a complete, truncated CSV.
-pub(super) async fn pump(
-    mut chunks: CsvChunks<'_>,
-    mut body: mpsc::Sender<io::Result<Bytes>>,
-) -> Result<Option<u64>, Error> {
-    for chunk in chunks.by_ref() {
-        match chunk {
-            Ok(bytes) => {
-                if body.send(Ok(bytes)).await.is_err() {
-                    return Ok(None);
-                }
-            }
-            Err(e) => {
-                let _ = body.send(Err(io::Error::other("the upload was aborted: a row could not be read"))).await;
-                return Err(e);
-            }
+/// What travels from the encoder to the request body.
+pub(super) enum Frame {
+    Data(Bytes),
+    /// The CSV is complete.
+    End,
+}
+
+/// The request body. It ends only after [`Frame::End`]: if the encoder stops early for any reason (a bad row,
+/// a stall, a cancelled upload) the body fails instead, so the connection is dropped and Devo never sees a
+/// complete-looking, truncated CSV.
+pub(super) fn body_stream(frames: mpsc::Receiver<Frame>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    frames
+        .map(Some)
+        .chain(stream::once(future::ready(None)))
+        .take_while(|frame| future::ready(!matches!(frame, Some(Frame::End))))
+        .map(|frame| match frame {
+            Some(Frame::Data(bytes)) => Ok(bytes),
+            _ => Err(io::Error::other("the CSV was cut off before its last row; the upload is abandoned")),
+        })
+}
+
+/// How feeding a request body ended.
+pub(super) enum Pumped {
+    /// Every row went into the body.
+    Sent(u64),
+    /// The request stopped reading (it ended early: its response says why).
+    Stopped,
+    /// The connection took nothing for `io_timeout`.
+    Stalled,
+    Failed(Error),
+}
+
+/// Feeds the chunks into the request body, waiting at most `io_timeout` for the connection to take each one.
+pub(super) async fn pump(mut chunks: CsvChunks<'_>, mut body: mpsc::Sender<Frame>, io_timeout: Duration) -> Pumped {
+    loop {
+        let frame = match chunks.next() {
+            Some(Ok(bytes)) => Frame::Data(bytes),
+            Some(Err(e)) => return Pumped::Failed(e),
+            None => Frame::End,
+        };
+        let end = matches!(frame, Frame::End);
+        match tokio::time::timeout(io_timeout, body.send(frame)).await {
+            Err(_) => return Pumped::Stalled,
+            Ok(Err(_)) => return Pumped::Stopped,
+            Ok(Ok(())) if end => return Pumped::Sent(chunks.rows_sent()),
+            Ok(Ok(())) => {}
         }
     }
-    Ok(Some(chunks.rows_sent()))
 }
 
 #[cfg(test)]
@@ -271,5 +299,31 @@ mod tests {
         assert_eq!(results.len(), 1);
         let err = results.into_iter().next().unwrap().unwrap_err().to_string();
         assert!(err.contains("row 2 has 1 values but the lookup has 4 columns"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_body_ends_only_after_the_end_frame_and_fails_if_cut_off() {
+        let (mut tx, rx) = mpsc::channel(4);
+        tx.send(Frame::Data(Bytes::from_static(b"ioc\r\n"))).await.unwrap();
+        tx.send(Frame::End).await.unwrap();
+        let whole: Vec<_> = body_stream(rx).collect().await;
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].as_ref().unwrap(), &Bytes::from_static(b"ioc\r\n"));
+
+        let (mut tx, rx) = mpsc::channel(4);
+        tx.send(Frame::Data(Bytes::from_static(b"ioc\r\n"))).await.unwrap();
+        drop(tx);
+        let cut: Vec<_> = body_stream(rx).collect().await;
+        assert_eq!(cut.len(), 2);
+        assert!(cut[1].as_ref().unwrap_err().to_string().contains("cut off"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_takes_nothing_stalls_the_pump() {
+        let rows: Vec<Row> = (0..100_000).map(|i| vec![format!("ioc-{i}"), "1".into(), "".into(), "".into()]).collect();
+        let columns = columns();
+        let (tx, _unread) = mpsc::channel(1);
+        let pumped = pump(CsvChunks::new(&columns, DeployMode::Replace, &rows), tx, Duration::from_millis(50)).await;
+        assert!(matches!(pumped, Pumped::Stalled));
     }
 }

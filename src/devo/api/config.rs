@@ -159,4 +159,20 @@ mod tests {
         let err = ApiConfig::for_region(Region::Eu, None, " ", SecretString::from("t")).unwrap_err();
         assert!(err.to_string().contains("Devo Domain"), "{err}");
     }
+
+    #[test]
+    fn settings_without_a_token_name_the_token_field() {
+        let devo = DevoSettings {
+            method: crate::connector::config::UploadMethod::LookupsApi,
+            region: Region::Us,
+            custom_endpoint: None,
+            domain: Some("acme".into()),
+            api_token: None,
+            certificate: None,
+            private_key: None,
+            chain_ca: None,
+        };
+        let err = ApiConfig::from_settings(&devo, "acme").unwrap_err();
+        assert!(err.to_string().contains("Devo API Token"), "{err}");
+    }
 }

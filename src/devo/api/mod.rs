@@ -11,7 +11,6 @@ use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::FutureExt;
 use futures::channel::mpsc;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
@@ -23,7 +22,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use self::body::{CsvChunks, DeployMode};
+use self::body::{CsvChunks, DeployMode, Pumped};
 pub use self::config::{ApiConfig, RetryPolicy, base_url};
 use super::{Delivery, Error, Receipt, RowSource, Table, Uploader};
 use crate::connector::config::ConfigError;
@@ -250,34 +249,41 @@ impl LookupsApiUploader {
         mode: DeployMode,
         rows: &dyn RowSource,
     ) -> Result<(u64, Option<String>), Attempt> {
-        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-        let csv = Part::stream(Body::wrap_stream(rx)).file_name(format!("{}.csv", table.name));
+        let (tx, rx) = mpsc::channel(4);
+        let csv = Part::stream(Body::wrap_stream(body::body_stream(rx))).file_name(format!("{}.csv", table.name));
         let form = Form::new()
             .part("deploy-config", Part::text(config.to_owned()).mime_str("application/json").expect("valid MIME"))
             .part("csv", csv.mime_str("text/csv").expect("valid MIME"));
         let request = self.client.request(method, url.clone()).multipart(form).send();
-        let producer = body::pump(CsvChunks::new(&table.columns, mode, rows), tx);
+        let producer = body::pump(CsvChunks::new(&table.columns, mode, rows), tx, self.config.io_timeout);
         tokio::pin!(request, producer);
-        let mut produced = None;
+        let mut rows_sent = None;
+        let settle = |pumped| match pumped {
+            Pumped::Sent(rows) => Ok(Some(rows)),
+            Pumped::Stopped => Ok(None),
+            Pumped::Stalled => Err(Attempt::Retry {
+                why: format!("Devo took no part of the upload for {:?}", self.config.io_timeout),
+                retry_after: None,
+            }),
+            Pumped::Failed(e) => Err(Attempt::Fail(e)),
+        };
+        // Returning early drops the request with a body that fails rather than ends (see `body_stream`).
         let response = loop {
             tokio::select! {
                 response = &mut request => break response,
-                result = &mut producer, if produced.is_none() => produced = Some(result),
+                pumped = &mut producer, if rows_sent.is_none() => rows_sent = Some(settle(pumped)?),
             }
         };
-        // An unreadable row is the cause of whatever the request then did; the body was aborted, so Devo got
-        // no complete CSV. `now_or_never` picks up a producer that stopped in the same instant.
-        let produced = match produced {
-            Some(result) => Some(result),
-            None => producer.now_or_never(),
-        };
-        let rows_sent = match produced {
-            Some(Err(e)) => return Err(Attempt::Fail(e)),
-            Some(Ok(rows)) => rows,
-            None => None,
-        };
+        // An unreadable row is the cause of whatever the request then did; `now_or_never` picks up a producer
+        // that stopped in the same instant.
+        if rows_sent.is_none()
+            && let Some(pumped) = producer.now_or_never()
+        {
+            rows_sent = Some(settle(pumped)?);
+        }
         let response = self.check(what, response.map_err(|e| self.transport(what, e))?).await?;
         let rows_sent = rows_sent
+            .flatten()
             .ok_or_else(|| Attempt::Fail(self.remote(format!("{what}: Devo answered before reading the whole CSV"))))?;
         let bytes = response.bytes().await.map_err(|e| self.transport(what, e))?;
         let named_job = serde_json::from_slice::<Value>(&bytes).ok().as_ref().and_then(job_id);
