@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 
 use crate::Error;
 use crate::connector::config::{Settings, SyncMode};
-use crate::devo::{Delivery, Row, RowSource, Uploader};
+use crate::devo::{self, Delivery, Row, RowSource, Uploader};
 use crate::export::{self, Action, Collected, Digest, FullReason, Plan, State, Unusable};
 use crate::threatq::{self, Indicator};
 
@@ -173,6 +173,7 @@ where
         let all = collected.all();
         let upserts = collected.select(plan.upserts());
         let no_deletions: Vec<Row> = Vec::new();
+        let mut full_replaced = false;
         let delivery = match plan.action {
             Action::Full(_) => Delivery::Full(&all),
             Action::Incremental => Delivery::Changes {
@@ -180,11 +181,21 @@ where
                 deletes: deletions.as_ref().map_or(&no_deletions as &dyn RowSource, |d| d as &dyn RowSource),
             },
         };
-        let receipt = uploader.deliver(&table, delivery).await?;
+        let receipt = match uploader.deliver(&table, delivery).await {
+            // The lookup was removed in Devo behind our back: the changes have nothing to apply to.
+            Err(devo::Error::LookupMissing { .. }) if matches!(plan.action, Action::Incremental) => {
+                tracing::warn!(lookup = %table.name, "the lookup is gone from Devo; replacing it whole");
+                summary.action = "full".into();
+                summary.reason = Some("the lookup was missing in Devo".into());
+                full_replaced = true;
+                uploader.deliver(&table, Delivery::Full(&all)).await?
+            }
+            result => result?,
+        };
         tracing::info!(reference = %receipt.reference, attempts = receipt.attempts, "Devo accepted the upload");
         summary.sent = receipt.rows_sent;
         let last_full = match (&plan.action, &state) {
-            (Action::Incremental, Some(state)) => state.last_full_at,
+            (Action::Incremental, Some(state)) if !full_replaced => state.last_full_at,
             _ => options.now,
         };
         State::write(state_path, target, last_full, &all)
