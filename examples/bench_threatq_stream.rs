@@ -2,7 +2,7 @@
 //! memory: peak RSS (VmHWM) and RSS at 100k and at the end. Stand-in and client share this process, so the
 //! growth between the checkpoints is what matters: flat means the client holds one page, not the collection.
 //!
-//! `scripts/bench-threatq` runs it in release mode; arguments: `[IOCS] [PAGE_SIZE]`.
+//! `scripts/bench` runs it in release mode; arguments: `[IOCS] [PAGE_SIZE]`.
 
 use std::io::Write;
 use std::time::Instant;

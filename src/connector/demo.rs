@@ -150,7 +150,8 @@ pub async fn sandbox(out: &mut dyn Write) -> Result<(), Error> {
     let ports = Ports { threatq: 8443, devo_api: 8444 };
     let stage = Stage::start(DEMO_IOCS, ports, &files).await.map_err(|e| Error::io("starting the stand-ins", e))?;
     let env = stage.env();
-    let mut vars: Vec<_> = env.iter().filter(|(k, _)| k.as_str() != "DEVO_RELAY_DELAY_SECONDS").collect();
+    let mut vars: Vec<_> =
+        env.iter().filter(|(k, _)| !k.starts_with("DEVO_RELAY") && !k.starts_with("DEVO_JOB")).collect();
     vars.sort();
     writeln!(out, "Stand-ins running until Ctrl-C:").map_err(io_error)?;
     writeln!(out, "  ThreatQ       {}  (collection {:?})", stage.threatq.base_url(), stage::COLLECTION)

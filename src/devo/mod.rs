@@ -118,11 +118,13 @@ pub struct DevoOptions {
     pub extra_ca_pem: Option<String>,
     /// The relay's pause after START and before END, from `DEVO_RELAY_DELAY_SECONDS` (devo-sdk's 5 s by default).
     pub relay_delay: Duration,
+    /// How often the Lookups API job is polled, from `DEVO_JOB_POLL_SECONDS` (the uploader's default otherwise).
+    pub job_poll_interval: Option<Duration>,
 }
 
 impl Default for DevoOptions {
     fn default() -> Self {
-        Self { extra_ca_pem: None, relay_delay: Duration::from_secs(5) }
+        Self { extra_ca_pem: None, relay_delay: Duration::from_secs(5), job_poll_interval: None }
     }
 }
 
@@ -135,15 +137,21 @@ impl DevoOptions {
             })?),
             None => None,
         };
-        let relay_delay = match env("DEVO_RELAY_DELAY_SECONDS") {
-            Some(v) => {
-                Duration::from_secs_f64(v.trim().parse::<f64>().ok().filter(|s| (0.0..=600.0).contains(s)).ok_or_else(
-                    || crate::Error::LocalConfig(format!("DEVO_RELAY_DELAY_SECONDS={v:?}: give seconds from 0 to 600")),
-                )?)
-            }
-            None => Self::default().relay_delay,
+        let seconds = |name: &str| -> Result<Option<Duration>, crate::Error> {
+            env(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| (0.0..=600.0).contains(s))
+                        .map(Duration::from_secs_f64)
+                        .ok_or_else(|| crate::Error::LocalConfig(format!("{name}={v:?}: give seconds from 0 to 600")))
+                })
+                .transpose()
         };
-        Ok(Self { extra_ca_pem, relay_delay })
+        let relay_delay = seconds("DEVO_RELAY_DELAY_SECONDS")?.unwrap_or(Self::default().relay_delay);
+        let job_poll_interval = seconds("DEVO_JOB_POLL_SECONDS")?;
+        Ok(Self { extra_ca_pem, relay_delay, job_poll_interval })
     }
 }
 
@@ -164,6 +172,9 @@ pub fn uploader(settings: &DevoSettings, options: &DevoOptions) -> Result<Box<dy
             };
             let mut config = api::ApiConfig::from_settings(settings, domain)?;
             config.extra_ca_pem = options.extra_ca_pem.clone();
+            if let Some(interval) = options.job_poll_interval {
+                config.poll_interval = interval;
+            }
             Ok(Box::new(api::LookupsApiUploader::new(config)?))
         }
     }

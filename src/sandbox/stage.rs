@@ -34,12 +34,17 @@ pub struct Stage {
 impl Stage {
     /// Starts the stand-ins with `iocs` generated indicators, and writes their CA certificates into `files`.
     pub async fn start(iocs: u64, ports: Ports, files: &Path) -> io::Result<Stage> {
+        Self::start_with(iocs, ports, files, LookupsApiStandIn::builder()).await
+    }
+
+    /// [`Stage::start`] with a Lookups API stand-in built from `devo_api` (benchmarks keep no rows).
+    pub async fn start_with(iocs: u64, ports: Ports, files: &Path, devo_api: devo_api::Builder) -> io::Result<Stage> {
         crate::init_tls();
         let threatq =
             ThreatqStandIn::start(ThreatqOptions { port: ports.threatq, generated: iocs, ..Default::default() })
                 .await?;
         threatq.add_collection(COLLECTION, json!({"criteria": {"status_name": "Active"}, "filters": {}}));
-        let devo_api = LookupsApiStandIn::builder().port(ports.devo_api).start().await?;
+        let devo_api = devo_api.port(ports.devo_api).start().await?;
         let relay = RelayStandIn::start().await?;
         std::fs::create_dir_all(files)?;
         std::fs::write(files.join("threatq-ca.pem"), threatq.ca_pem())?;
@@ -66,6 +71,7 @@ impl Stage {
             ("THREATQ_CA_FILE", self.threatq_ca_file().display().to_string()),
             ("DEVO_CA_FILE", self.devo_ca_file().display().to_string()),
             ("DEVO_RELAY_DELAY_SECONDS", "0".to_owned()),
+            ("DEVO_JOB_POLL_SECONDS", "0.1".to_owned()),
             ("TQ_SECRETS_BACKEND", "file".to_owned()),
         ]
         .into_iter()
