@@ -10,9 +10,9 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use super::config::{self, CONNECTOR_NAME};
 use super::cron::{self, Schedule};
-use super::local::process_env;
+
 use super::logging::{self, LogGuard, LogTarget, Verbosity};
-use super::setup;
+
 use crate::Error;
 
 const ABOUT: &str = "Keeps a Devo Lookup List equal to the IOCs of a ThreatQ Data Collection.";
@@ -258,22 +258,16 @@ impl Invocation {
         Ok(guard)
     }
 
-    /// Runs the commands that need neither ThreatQ nor Devo: `schema`, `manifest`, `doctor` (its local part) and
-    /// `--cron`. `None` for the others, which the run orchestration owns.
+    /// Runs the commands that need neither ThreatQ nor Devo: `schema`, `manifest` and `--cron`. `None` for the
+    /// others, which the run orchestration owns.
     pub fn run_local(&self, out: &mut dyn Write) -> Option<Result<(), Error>> {
         let text = match &self.command {
             Command::Schema => Ok(config::pretty_json(config::schema())),
             Command::Manifest => Ok(config::pretty_json(&config::definition(Some(&self.name)))),
-            Command::Doctor => self.doctor(),
             Command::Cron(schedule) => self.install_cron(schedule),
-            Command::Run | Command::Demo | Command::Sandbox => return None,
+            Command::Run | Command::Demo | Command::Sandbox | Command::Doctor => return None,
         };
         Some(text.and_then(|text| out.write_all(text.as_bytes()).map_err(|e| Error::io("writing to stdout", e))))
-    }
-
-    fn doctor(&self) -> Result<String, Error> {
-        let lines = setup::doctor_lines(&absolute(&self.config_dir)?, &self.name, &self.cron_dir, &process_env);
-        Ok(lines.join("\n") + "\n")
     }
 
     fn install_cron(&self, schedule: &Schedule) -> Result<String, Error> {

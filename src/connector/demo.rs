@@ -166,7 +166,7 @@ pub async fn sandbox(out: &mut dyn Write) -> Result<(), Error> {
     .map_err(io_error)?;
     writeln!(
         out,
-        "  Devo relay    localhost:{}  (client certificate and chain CA in the UI form below)",
+        "  Devo relay    localhost:{}  (for the relay method: `demo` shows its UI values)",
         stage.relay.port()
     )
     .map_err(io_error)?;

@@ -52,7 +52,7 @@ impl Summary {
     pub fn line(&self) -> String {
         format!(
             "{}{} sync: fetched {}, unique {}, added {}, changed {}, deleted {}, unchanged {}, duplicates {}, {:.1} s",
-            if self.dry_run { "dry run of a " } else { "" },
+            if self.dry_run { "dry run, " } else { "" },
             self.action,
             self.fetched,
             self.unique,
