@@ -14,15 +14,6 @@ use tqdevo::connector::setup::LinePrompter;
 use tqdevo::sandbox::devo_api::LookupsApiStandIn;
 use tqdevo::sandbox::stage::{Ports, Stage};
 
-fn status_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
-
 async fn run_once(dir: &std::path::Path, env: &HashMap<String, String>) -> Outcome {
     let lookup = |key: &str| env.get(key).cloned();
     let mut prompter = LinePrompter::new(std::io::empty(), Vec::new());
@@ -39,6 +30,9 @@ async fn run_once(dir: &std::path::Path, env: &HashMap<String, String>) -> Outco
     };
     run(ctx).await.unwrap_or_else(|e| panic!("run failed: {e}"))
 }
+#[path = "support/rss.rs"]
+mod rss;
+use rss::status_mib;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -12,15 +12,9 @@ use secrecy::SecretString;
 use tqdevo::sandbox::threatq::{DEFAULT_CLIENT_ID, DEFAULT_EMAIL, DEFAULT_PASSWORD, ThreatqOptions, ThreatqStandIn};
 use tqdevo::threatq::{Client, ClientOptions};
 
-/// A `/proc/self/status` field in MiB (Linux reports kB).
-fn status_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
+#[path = "support/rss.rs"]
+mod rss;
+use rss::status_mib;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
