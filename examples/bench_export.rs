@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let env = stage.env();
     run_once(work.path(), &env).await;
     let mut fields = stage.ui_fields(UploadMethod::LookupsApi, "bench");
-    fields.insert("batch_size".into(), "5000".into());
+    fields.insert("batch_size".into(), "1000".into());
     stage.threatq.set_custom_fields("bench", fields);
     stage.threatq.set_active("bench", true);
 

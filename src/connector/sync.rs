@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt};
 use crate::Error;
 use crate::connector::config::{Settings, SyncMode};
 use crate::devo::{self, Delivery, Row, RowSource, Uploader};
-use crate::export::{self, Action, Collected, Digest, FullReason, Plan, State, Unusable};
+use crate::export::{self, Action, Collected, ContentDigest, FullReason, Plan, State, Unusable};
 use crate::threatq::{self, Indicator};
 
 #[derive(Clone, Debug)]
@@ -70,7 +70,7 @@ impl Summary {
 const PREVIEW_ROWS: usize = 5;
 
 /// Everything that gives the rows their meaning in Devo: a change means the state says nothing about the lookup.
-pub fn target_of(settings: &Settings, uploader: &dyn Uploader) -> Digest {
+pub fn target_of(settings: &Settings, uploader: &dyn Uploader) -> ContentDigest {
     let table = export::table(&settings.lookup_table_name);
     let columns: Vec<String> = table.columns.iter().map(|c| format!("{}:{:?}", c.name, c.ty)).collect();
     export::target_digest(&[&table.name, &columns.join(","), &uploader.describe()])
@@ -79,7 +79,7 @@ pub fn target_of(settings: &Settings, uploader: &dyn Uploader) -> Digest {
 fn full_reason(
     settings: &Settings,
     state: &Result<State, Unusable>,
-    target: Digest,
+    target: ContentDigest,
     now: DateTime<Utc>,
 ) -> Option<FullReason> {
     match state {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::io::{self, BufReader, BufWriter};
 use std::path::Path;
 
@@ -12,25 +13,56 @@ use crate::devo::{Row, RowSource};
 
 use super::map::{SCORE, UPDATED_AT};
 
-/// A 128-bit BLAKE3 digest: of an IOC value (the key) or of a whole row (its content).
-pub type Digest = u128;
+/// An IOC value's digest: 128 bits of BLAKE3, kept as two words so that index slots need no 16-byte alignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyDigest([u64; 2]);
 
-pub fn digest_key(key: &str) -> Digest {
-    truncate(blake3::hash(key.as_bytes()))
+impl Hash for KeyDigest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already uniform: one word is a perfect hash for the table.
+        state.write_u64(self.0[0]);
+    }
+}
+
+/// A row's content digest: 64 bits of BLAKE3; a change goes unnoticed with probability 2^-64.
+pub type ContentDigest = u64;
+
+/// Hashes a [`KeyDigest`] by taking its first word as it is; nothing else is hashed with it.
+#[derive(Default)]
+pub struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than a digest is hashed: fold the bytes so it still works.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by IOC digests: 40 bytes a slot for the index, 24 for the state.
+pub type DigestMap<V> = HashMap<KeyDigest, V, BuildHasherDefault<PassThrough>>;
+
+pub fn digest_key(key: &str) -> KeyDigest {
+    let bytes = blake3::hash(key.as_bytes());
+    let word = |i: usize| u64::from_le_bytes(bytes.as_bytes()[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    KeyDigest([word(0), word(1)])
 }
 
 /// The content digest of a row: every field, length-prefixed so that field boundaries count.
-pub fn digest_row(row: &[String]) -> Digest {
+pub fn digest_row(row: &[String]) -> ContentDigest {
     let mut hasher = blake3::Hasher::new();
     for field in row {
         hasher.update(&(field.len() as u64).to_le_bytes());
         hasher.update(field.as_bytes());
     }
-    truncate(hasher.finalize())
-}
-
-fn truncate(hash: blake3::Hash) -> Digest {
-    u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("32-byte hash"))
+    u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// A set of spool row numbers.
@@ -90,9 +122,9 @@ impl RowSet {
 pub struct Entry {
     /// Row number in the spool.
     pub row: u32,
-    pub content: Digest,
     score: f32,
     updated_at: i64,
+    pub content: ContentDigest,
 }
 
 impl Entry {
@@ -116,7 +148,7 @@ pub struct Collected {
     writer: Option<csv::Writer<BufWriter<File>>>,
     rows: u32,
     winners: RowSet,
-    index: HashMap<Digest, Entry>,
+    index: DigestMap<Entry>,
     duplicates: u64,
     columns: usize,
 }
@@ -131,7 +163,7 @@ impl Collected {
             writer: Some(writer),
             rows: 0,
             winners: RowSet::default(),
-            index: HashMap::new(),
+            index: DigestMap::default(),
             duplicates: 0,
             columns,
         })
@@ -188,7 +220,7 @@ impl Collected {
     }
 
     /// The winning row of each value, by key digest.
-    pub fn index(&self) -> &HashMap<Digest, Entry> {
+    pub fn index(&self) -> &DigestMap<Entry> {
         &self.index
     }
 
@@ -292,5 +324,16 @@ mod tests {
     #[test]
     fn row_digests_see_field_boundaries() {
         assert_ne!(digest_row(&["ab".into(), "c".into()]), digest_row(&["a".into(), "bc".into()]));
+    }
+}
+
+#[cfg(test)]
+mod layout {
+    use super::*;
+
+    #[test]
+    fn index_slots_stay_compact() {
+        assert_eq!(std::mem::size_of::<(KeyDigest, Entry)>(), 40);
+        assert_eq!(std::mem::size_of::<(KeyDigest, ContentDigest)>(), 24);
     }
 }

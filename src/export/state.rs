@@ -1,18 +1,19 @@
 //! What Devo holds after the last accepted upload: IOC value → content digest, in a compact versioned file that is
 //! replaced atomically and only after Devo accepted an upload.
 //!
-//! File layout (little-endian): magic, version `u32`, target digest `u128`, last full replace (unix seconds `i64`),
-//! row count `u64`, then per row the key's length `u32`, the key's UTF-8 bytes and the row's content digest `u128`;
+//! File layout (little-endian): magic, version `u32`, target digest `u64`, last full replace (unix seconds `i64`),
+//! row count `u64`, then per row the key's length `u32`, the key's UTF-8 bytes and the row's content digest `u64`;
 //! last, the BLAKE3 hash of everything before it, so a torn or edited file is detected.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::collect::{Digest, digest_key, digest_row};
+use super::collect::{ContentDigest, DigestMap, KeyDigest, digest_key, digest_row};
 use crate::devo::{Row, RowSource};
 
 const MAGIC: &[u8; 12] = b"TQDEVO-STATE";
@@ -25,9 +26,9 @@ const MAX_KEY: u32 = 1 << 20;
 pub struct State {
     path: PathBuf,
     /// What the rows meant when delivered (lookup, columns, upload target); see [`target_digest`].
-    pub target: Digest,
+    pub target: ContentDigest,
     pub last_full_at: DateTime<Utc>,
-    delivered: HashMap<Digest, Digest>,
+    delivered: DigestMap<ContentDigest>,
 }
 
 /// Why no usable state was loaded.
@@ -39,28 +40,28 @@ pub enum Unusable {
 
 /// A set of key digests: what the collection holds now.
 pub trait KeySet: Sync {
-    fn has(&self, key: Digest) -> bool;
+    fn has(&self, key: KeyDigest) -> bool;
 }
 
-impl<V: Sync> KeySet for HashMap<Digest, V> {
-    fn has(&self, key: Digest) -> bool {
+impl<V: Sync, S: BuildHasher + Sync> KeySet for HashMap<KeyDigest, V, S> {
+    fn has(&self, key: KeyDigest) -> bool {
         self.contains_key(&key)
     }
 }
 
-impl KeySet for HashSet<Digest> {
-    fn has(&self, key: Digest) -> bool {
+impl<S: BuildHasher + Sync> KeySet for HashSet<KeyDigest, S> {
+    fn has(&self, key: KeyDigest) -> bool {
         self.contains(&key)
     }
 }
 
 /// A digest of everything that gives the rows their meaning in Devo; when it changes, a full replace is due.
-pub fn target_digest(parts: &[&str]) -> Digest {
+pub fn target_digest(parts: &[&str]) -> ContentDigest {
     digest_row(&parts.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
 }
 
 struct Header {
-    target: Digest,
+    target: ContentDigest,
     last_full_at: i64,
     count: u64,
 }
@@ -88,13 +89,13 @@ impl<R: Read> Checked<R> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("state version {version} is unknown")));
         }
         Ok(Header {
-            target: u128::from_le_bytes(self.exact()?),
+            target: u64::from_le_bytes(self.exact()?),
             last_full_at: i64::from_le_bytes(self.exact()?),
             count: u64::from_le_bytes(self.exact()?),
         })
     }
 
-    fn record(&mut self) -> io::Result<(String, Digest)> {
+    fn record(&mut self) -> io::Result<(String, ContentDigest)> {
         let len = u32::from_le_bytes(self.exact()?);
         if len > MAX_KEY {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "key longer than 1 MiB"));
@@ -103,7 +104,7 @@ impl<R: Read> Checked<R> {
         self.inner.read_exact(&mut key)?;
         self.hasher.update(&key);
         let key = String::from_utf8(key).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "key not UTF-8"))?;
-        Ok((key, u128::from_le_bytes(self.exact()?)))
+        Ok((key, u64::from_le_bytes(self.exact()?)))
     }
 
     fn verify_end(mut self) -> io::Result<()> {
@@ -129,7 +130,8 @@ impl State {
     pub fn load(path: &Path) -> Result<State, Unusable> {
         let read = || -> io::Result<State> {
             let (mut reader, header) = open(path)?;
-            let mut delivered = HashMap::with_capacity(header.count.min(1 << 24) as usize);
+            let mut delivered =
+                DigestMap::with_capacity_and_hasher(header.count.min(1 << 24) as usize, Default::default());
             for _ in 0..header.count {
                 let (key, content) = reader.record()?;
                 delivered.insert(digest_key(&key), content);
@@ -159,7 +161,7 @@ impl State {
     }
 
     /// The content digest Devo holds for a key, if it holds the key.
-    pub fn content(&self, key: Digest) -> Option<Digest> {
+    pub fn content(&self, key: KeyDigest) -> Option<ContentDigest> {
         self.delivered.get(&key).copied()
     }
 
@@ -171,7 +173,12 @@ impl State {
     }
 
     /// Replaces the state file with `rows` (what Devo now holds): temp file, fsync, rename, fsync of the folder.
-    pub fn write(path: &Path, target: Digest, last_full_at: DateTime<Utc>, rows: &dyn RowSource) -> io::Result<()> {
+    pub fn write(
+        path: &Path,
+        target: ContentDigest,
+        last_full_at: DateTime<Utc>,
+        rows: &dyn RowSource,
+    ) -> io::Result<()> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut tmp = tempfile::Builder::new().prefix(".state-").tempfile_in(dir)?;
         {
@@ -264,7 +271,7 @@ mod tests {
         let a = vec!["a".to_owned(), "v-a".to_owned()];
         assert_eq!(state.content(digest_key("a")), Some(digest_row(&a)));
 
-        let current: HashSet<Digest> = [digest_key("a")].into();
+        let current: HashSet<KeyDigest> = [digest_key("a")].into();
         let deletions = state.deletions(&current, 2);
         assert_eq!(deletions.len(), 2);
         let got: Vec<Row> = deletions.rows().collect::<io::Result<_>>().unwrap();
