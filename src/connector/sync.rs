@@ -73,7 +73,14 @@ const PREVIEW_ROWS: usize = 5;
 pub fn target_of(settings: &Settings, uploader: &dyn Uploader) -> ContentDigest {
     let table = export::table(&settings.lookup_table_name);
     let columns: Vec<String> = table.columns.iter().map(|c| format!("{}:{:?}", c.name, c.ty)).collect();
-    export::target_digest(&[&table.name, &columns.join(","), &uploader.describe()])
+    // The relay's domain is the certificate's; a new certificate may point at another domain's lookup.
+    let certificate_domain = settings.devo.certificate.as_deref().and_then(devo::pem::domain_from_certificate);
+    export::target_digest(&[
+        &table.name,
+        &columns.join(","),
+        &uploader.describe(),
+        certificate_domain.as_deref().unwrap_or_default(),
+    ])
 }
 
 fn full_reason(
