@@ -411,6 +411,15 @@ fn a_failed_devo_job_exits_5_keeps_no_state_and_the_next_run_converges() {
     assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
 }
 
+#[test]
+fn a_relay_that_drops_every_connection_exits_5() {
+    let world = World::configured(UploadMethod::Relay);
+    world.stage.relay.set_faults(tqdevo::sandbox::relay::Faults { refuse_handshake: true, ..Default::default() });
+    world.run().assert().code(5).stderr(contains("Devo at localhost:"));
+    assert_eq!(world.lookup(UploadMethod::Relay), None);
+    assert_eq!(world.state_bytes(), None);
+}
+
 /// A token Devo refuses is a value the user must fix in the UI, so it is a configuration error that names the field.
 #[test]
 fn a_refused_devo_token_exits_3_naming_the_field() {
