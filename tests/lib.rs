@@ -2,6 +2,7 @@
 //! loopback stand-ins.
 
 mod cli;
+mod e2e;
 mod lookups_api;
 mod relay;
 mod threatq;

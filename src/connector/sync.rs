@@ -52,7 +52,11 @@ impl Summary {
     pub fn line(&self) -> String {
         format!(
             "{}{} sync: fetched {}, unique {}, added {}, changed {}, deleted {}, unchanged {}, duplicates {}, {:.1} s",
-            if self.dry_run { "dry run, " } else { "" },
+            match (self.dry_run, self.action.as_str()) {
+                (false, _) => "",
+                (true, "incremental") => "dry run of an ",
+                (true, _) => "dry run of a ",
+            },
             self.action,
             self.fetched,
             self.unique,

@@ -118,18 +118,34 @@ pub struct DevoOptions {
     pub extra_ca_pem: Option<String>,
     /// The relay's pause after START and before END, from `DEVO_RELAY_DELAY_SECONDS` (devo-sdk's 5 s by default).
     pub relay_delay: Duration,
-    /// How often the Lookups API job is polled, from `DEVO_JOB_POLL_SECONDS` (the uploader's default otherwise).
-    pub job_poll_interval: Option<Duration>,
+    /// How often the Lookups API uploader asks whether its job finished, from `DEVO_JOB_POLL_SECONDS` (2 s by
+    /// default; test endpoints finish at once).
+    pub job_poll_interval: Duration,
 }
 
 impl Default for DevoOptions {
     fn default() -> Self {
-        Self { extra_ca_pem: None, relay_delay: Duration::from_secs(5), job_poll_interval: None }
+        Self { extra_ca_pem: None, relay_delay: Duration::from_secs(5), job_poll_interval: Duration::from_secs(2) }
     }
 }
 
+/// Reads a duration in seconds from `var`; a bad value names the variable and the accepted range.
+fn seconds_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+    range: std::ops::RangeInclusive<f64>,
+    default: Duration,
+) -> Result<Duration, crate::Error> {
+    let Some(v) = env(var) else { return Ok(default) };
+    let seconds = v.trim().parse::<f64>().ok().filter(|s| range.contains(s)).ok_or_else(|| {
+        crate::Error::LocalConfig(format!("{var}={v:?}: give seconds from {} to {}", range.start(), range.end()))
+    })?;
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 impl DevoOptions {
-    /// Reads `DEVO_CA_FILE` and `DEVO_RELAY_DELAY_SECONDS`; a bad value names the variable.
+    /// Reads `DEVO_CA_FILE`, `DEVO_RELAY_DELAY_SECONDS` and `DEVO_JOB_POLL_SECONDS`; a bad value names the
+    /// variable.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, crate::Error> {
         let extra_ca_pem = match env("DEVO_CA_FILE") {
             Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
@@ -137,20 +153,11 @@ impl DevoOptions {
             })?),
             None => None,
         };
-        let seconds = |name: &str| -> Result<Option<Duration>, crate::Error> {
-            env(name)
-                .map(|v| {
-                    v.trim()
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|s| (0.0..=600.0).contains(s))
-                        .map(Duration::from_secs_f64)
-                        .ok_or_else(|| crate::Error::LocalConfig(format!("{name}={v:?}: give seconds from 0 to 600")))
-                })
-                .transpose()
-        };
-        let relay_delay = seconds("DEVO_RELAY_DELAY_SECONDS")?.unwrap_or(Self::default().relay_delay);
-        let job_poll_interval = seconds("DEVO_JOB_POLL_SECONDS")?;
+        let defaults = Self::default();
+        let relay_delay = seconds_from_env(env, "DEVO_RELAY_DELAY_SECONDS", 0.0..=600.0, defaults.relay_delay)?;
+        // Not 0: a real Devo would be asked in a busy loop.
+        let job_poll_interval =
+            seconds_from_env(env, "DEVO_JOB_POLL_SECONDS", 0.05..=60.0, defaults.job_poll_interval)?;
         Ok(Self { extra_ca_pem, relay_delay, job_poll_interval })
     }
 }
@@ -172,10 +179,38 @@ pub fn uploader(settings: &DevoSettings, options: &DevoOptions) -> Result<Box<dy
             };
             let mut config = api::ApiConfig::from_settings(settings, domain)?;
             config.extra_ca_pem = options.extra_ca_pem.clone();
-            if let Some(interval) = options.job_poll_interval {
-                config.poll_interval = interval;
-            }
+            config.poll_interval = options.job_poll_interval;
             Ok(Box::new(api::LookupsApiUploader::new(config)?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(vars: &[(&str, &str)]) -> Result<DevoOptions, crate::Error> {
+        DevoOptions::from_env(&|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()))
+    }
+
+    #[test]
+    fn timings_come_from_the_environment_or_default() {
+        let defaults = options(&[]).unwrap();
+        assert_eq!(
+            (defaults.relay_delay, defaults.job_poll_interval),
+            (Duration::from_secs(5), Duration::from_secs(2))
+        );
+        let set = options(&[("DEVO_RELAY_DELAY_SECONDS", "0"), ("DEVO_JOB_POLL_SECONDS", "0.1")]).unwrap();
+        assert_eq!((set.relay_delay, set.job_poll_interval), (Duration::ZERO, Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_bad_timing_names_its_variable() {
+        for (var, value) in
+            [("DEVO_JOB_POLL_SECONDS", "0"), ("DEVO_JOB_POLL_SECONDS", "soon"), ("DEVO_RELAY_DELAY_SECONDS", "-1")]
+        {
+            let message = options(&[(var, value)]).unwrap_err().to_string();
+            assert!(message.contains(var) && message.contains("give seconds"), "{message}");
         }
     }
 }

@@ -1,0 +1,515 @@
+//! End to end: the built binary, run as a user and cron would run it, against the three stand-ins (ThreatQ, the
+//! Devo Lookups API, the Devo relay) over real HTTPS and mutual TLS on loopback.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use futures::TryStreamExt as _;
+use predicates::prelude::*;
+use predicates::str::contains;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tqdevo::connector::config::{CONNECTOR_NAME, UploadMethod, definition};
+use tqdevo::connector::{cron, local, lock, run, secrets};
+use tqdevo::export::map_indicator;
+use tqdevo::sandbox::devo_api::DEFAULT_TOKEN;
+use tqdevo::sandbox::stage::{self, Ports, Stage};
+use tqdevo::sandbox::threatq as tq;
+use tqdevo::threatq::{Client, ClientOptions, Indicator};
+
+/// Generated IOCs per test: several pages at the UI's Batch Size of 250, a run well under a second.
+const IOCS: u64 = 400;
+/// What [`Stage::ui_fields`] sets as the UI's "ThreatQ Hostname".
+const UI_HOSTNAME: &str = "threatq.example.com";
+/// The longest any one command may take before the test fails instead of hanging.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The stand-ins on their own runtime, and the directories one installation of the connector uses.
+struct World {
+    stage: Stage,
+    /// The `-c` directory.
+    dir: TempDir,
+    cron_dir: TempDir,
+    _files: TempDir,
+    /// Dropped last: the stand-ins' tasks run on it.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl World {
+    /// The stand-ins with [`IOCS`] generated IOCs plus three pairs of same-value IOCs that exercise the
+    /// duplicate rule.
+    fn new() -> World {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let stage = runtime.block_on(Stage::start(IOCS, Ports::default(), files.path())).unwrap();
+        let world = World {
+            stage,
+            dir: tempfile::tempdir().unwrap(),
+            cron_dir: tempfile::tempdir().unwrap(),
+            _files: files,
+            runtime,
+        };
+        world.add_duplicates();
+        world
+    }
+
+    /// The stand-ins, the connector set up from the environment, its UI filled for `method` and the toggle on.
+    fn configured(method: UploadMethod) -> World {
+        let world = World::new();
+        world.run().assert().success();
+        world.configure(CONNECTOR_NAME, method, "tq_iocs");
+        world
+    }
+
+    fn add_duplicates(&self) {
+        let ioc = |value: &str, ty: &str, score: u32, updated: &str| {
+            self.stage.threatq.upsert_indicator(json!({
+                "value": value, "type": {"name": ty}, "status": {"name": "Active"}, "score": score,
+                "sources": [{"name": "E2E Feed"}], "created_at": "2024-01-01 00:00:00", "updated_at": updated,
+            }));
+        };
+        // The higher score wins even though it is older.
+        ioc("dup-score.example.net", "FQDN", 3, "2024-06-01 00:00:00");
+        ioc("dup-score.example.net", "URL", 8, "2024-01-01 00:00:00");
+        // Same score: the newer update wins.
+        ioc("dup-time.example.net", "FQDN", 5, "2024-01-01 00:00:00");
+        ioc("dup-time.example.net", "Filename", 5, "2024-06-01 00:00:00");
+        // A full tie: the first seen (lowest id) stays.
+        ioc("dup-tie.example.net", "FQDN", 5, "2024-01-01 00:00:00");
+        ioc("dup-tie.example.net", "Mutex", 5, "2024-01-01 00:00:00");
+    }
+
+    /// The stage's variables (setup answers, CA files, file secrets, no relay pause) with a short job poll.
+    fn env(&self) -> HashMap<String, String> {
+        let mut env = self.stage.env();
+        env.insert("DEVO_JOB_POLL_SECONDS".into(), "0.05".into());
+        env
+    }
+
+    /// The binary with only `env` (plus PATH and HOME) as its environment: `-c <dir> -ll stdout --cron-dir <tmp>`.
+    fn command_with(&self, env: &HashMap<String, String>) -> Command {
+        let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("tq-conn-devo-ioc-exporter");
+        cmd.env_clear()
+            .envs(env)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .current_dir(self.dir.path())
+            .timeout(COMMAND_TIMEOUT)
+            .arg("-c")
+            .arg(self.dir.path())
+            .args(["-ll", "stdout", "--cron-dir"])
+            .arg(self.cron_dir.path());
+        cmd
+    }
+
+    fn run(&self) -> Command {
+        self.command_with(&self.env())
+    }
+
+    /// What a user does in the integration page: fill the Configuration tab and turn the toggle on.
+    fn configure(&self, name: &str, method: UploadMethod, lookup: &str) {
+        assert!(self.stage.threatq.set_custom_fields(name, self.stage.ui_fields(method, lookup)));
+        assert!(self.stage.threatq.set_active(name, true));
+    }
+
+    /// Changes one field of the Configuration tab.
+    fn set_field(&self, field: &str, value: &str) {
+        let mut fields = self.ui_fields();
+        fields.insert(field.into(), value.into());
+        assert!(self.stage.threatq.set_custom_fields(CONNECTOR_NAME, fields));
+    }
+
+    fn ui_fields(&self) -> BTreeMap<String, String> {
+        let record = self.stage.threatq.connector(CONNECTOR_NAME).expect("registered");
+        serde_json::from_value(record["custom_fields"].clone()).unwrap()
+    }
+
+    fn lookup(&self, method: UploadMethod) -> Option<Vec<Vec<String>>> {
+        self.stage.lookup(method, "tq_iocs")
+    }
+
+    /// The IOCs of the data collection named `collection`, read from the ThreatQ stand-in in one page.
+    fn collection(&self, collection: &str) -> Vec<Indicator> {
+        let options = ClientOptions {
+            host: self.stage.threatq.host(),
+            client_id: tq::DEFAULT_CLIENT_ID.into(),
+            username: tq::DEFAULT_EMAIL.into(),
+            password: tq::DEFAULT_PASSWORD.into(),
+            ca_file: Some(self.stage.threatq_ca_file()),
+            tls_verify: true,
+        };
+        let read = async {
+            let client = Client::new(options).unwrap();
+            let collection = client.find_collection(collection).await.unwrap();
+            client.indicators(&collection, 10_000).try_concat().await.unwrap()
+        };
+        self.runtime
+            .block_on(async { tokio::time::timeout(COMMAND_TIMEOUT, read).await })
+            .expect("ThreatQ answered in time")
+    }
+
+    /// The lookup the collection should become: one mapped row per IOC value, sorted by value.
+    fn expected_rows(&self, collection: &str) -> Vec<Vec<String>> {
+        expected_lookup(self.collection(collection))
+    }
+
+    fn state_bytes(&self) -> Option<Vec<u8>> {
+        std::fs::read(run::state_path(self.dir.path(), CONNECTOR_NAME)).ok()
+    }
+
+    fn last_run(&self) -> Value {
+        let path = run::last_run_path(self.dir.path(), CONNECTOR_NAME);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+}
+
+/// The duplicate rule written out plainly (highest score, then newest `updated_at`, then the first seen by id),
+/// on rows made by the exporter's own mapping.
+fn expected_lookup(mut iocs: Vec<Indicator>) -> Vec<Vec<String>> {
+    iocs.sort_by_key(|i| i.id);
+    let score = |i: &Indicator| i.score.as_deref().and_then(|s| s.trim().parse::<f64>().ok()).unwrap_or(f64::MIN);
+    let mut best: BTreeMap<String, Indicator> = BTreeMap::new();
+    for ioc in iocs {
+        let wins = best.get(&ioc.value).is_none_or(|kept| {
+            score(&ioc) > score(kept) || (score(&ioc) == score(kept) && ioc.updated_at > kept.updated_at)
+        });
+        if wins {
+            best.insert(ioc.value.clone(), ioc);
+        }
+    }
+    best.values().map(|ioc| map_indicator(ioc, UI_HOSTNAME)).collect()
+}
+
+/// The numbers of the run's one-line summary, by name.
+fn summary_counts(stdout: &str) -> HashMap<String, u64> {
+    let line = stdout.lines().find(|l| l.contains("sync: fetched")).unwrap_or_else(|| panic!("no summary in {stdout}"));
+    line.split(", ")
+        .filter_map(|part| {
+            let mut words = part.rsplit(' ');
+            let number = words.next()?.parse().ok()?;
+            Some((words.next()?.to_owned(), number))
+        })
+        .collect()
+}
+
+fn stdout_of(assert: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&assert.get_output().stdout).into_owned()
+}
+
+fn output_of(assert: &assert_cmd::assert::Assert) -> String {
+    let output = assert.get_output();
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn setup_from_the_environment_registers_the_connector_and_keeps_the_password_private() {
+    let world = World::new();
+    world.run().assert().success().stdout(contains("Connector configured. Set information in UI"));
+
+    let record = world.stage.threatq.connector(CONNECTOR_NAME).expect("the connector registered itself");
+    assert_eq!(record["category"]["name"], "Labs");
+    assert_eq!(record["is_active"], false, "a new connector waits for the user's toggle");
+    assert_eq!(record["user_fields"], serde_json::to_value(definition(None).user_fields).unwrap());
+
+    let config = local::path(world.dir.path(), CONNECTOR_NAME);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(&world.stage.threatq.host()) && text.contains(tq::DEFAULT_EMAIL), "{text}");
+    assert!(!text.contains(tq::DEFAULT_PASSWORD), "the local config holds no password: {text}");
+    assert_eq!(mode(&config), 0o600);
+    let secrets = secrets::file_path(world.dir.path(), CONNECTOR_NAME);
+    assert!(std::fs::read_to_string(&secrets).unwrap().contains(tq::DEFAULT_PASSWORD));
+    assert_eq!(mode(&secrets), 0o600);
+    assert_eq!(world.last_run()["status"], "configured");
+}
+
+#[test]
+fn setup_from_piped_answers_hides_the_password_and_later_runs_use_the_stored_one() {
+    let world = World::new();
+    let only_trust: HashMap<String, String> =
+        world.env().into_iter().filter(|(k, _)| !k.starts_with("THREATQ_") || k == "THREATQ_CA_FILE").collect();
+    let answers = format!(
+        "{}\n{}\n{}\n{}\nReview\n",
+        world.stage.threatq.host(),
+        tq::DEFAULT_CLIENT_ID,
+        tq::DEFAULT_EMAIL,
+        tq::DEFAULT_PASSWORD
+    );
+    let setup = world.command_with(&only_trust).write_stdin(answers).assert().success();
+    let stdout = stdout_of(&setup);
+    for prompt in ["ThreatQ Host:", "ThreatQ Client ID:", "ThreatQ Username:", "ThreatQ Password:", "Status:"] {
+        assert!(stdout.contains(prompt), "{prompt} missing from {stdout}");
+    }
+    assert!(stdout.contains("Connector configured. Set information in UI"), "{stdout}");
+    assert!(!output_of(&setup).contains(tq::DEFAULT_PASSWORD), "the password was echoed: {stdout}");
+
+    world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
+    world.command_with(&only_trust).write_stdin("").assert().success().stdout(contains("full sync"));
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
+}
+
+#[test]
+fn a_run_while_disabled_says_so_and_leaves_devo_untouched() {
+    let world = World::new();
+    world.run().assert().success();
+    world.stage.threatq.set_custom_fields(CONNECTOR_NAME, world.stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs"));
+    world.run().assert().success().stdout(contains("disabled in ThreatQ"));
+    assert!(world.stage.devo_api.requests().is_empty(), "{:?}", world.stage.devo_api.requests());
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), None);
+    assert_eq!(world.state_bytes(), None);
+    assert_eq!(world.last_run()["status"], "disabled");
+}
+
+/// A configured run makes the lookup equal to the collection and reports it locally and to ThreatQ.
+fn a_run_exports_the_collection(method: UploadMethod) {
+    let world = World::configured(method);
+    // ThreatQ keeps whole seconds, so a second of slack.
+    let before = (chrono::Utc::now() - chrono::Duration::seconds(1)).naive_utc();
+    let stdout = stdout_of(&world.run().assert().success());
+
+    let expected = world.expected_rows(stage::COLLECTION);
+    for value in ["dup-score.example.net", "dup-time.example.net", "dup-tie.example.net"] {
+        assert!(expected.iter().any(|row| row[0] == value), "{value} is in the collection");
+    }
+    let lookup = world.lookup(method).expect("the lookup was created");
+    assert_eq!(lookup.len(), expected.len());
+    assert_eq!(lookup, expected);
+    let winner = |value: &str| lookup.iter().find(|row| row[0] == value).map(|row| row[1].clone());
+    assert_eq!(winner("dup-score.example.net").as_deref(), Some("URL"));
+    assert_eq!(winner("dup-time.example.net").as_deref(), Some("Filename"));
+    assert_eq!(winner("dup-tie.example.net").as_deref(), Some("FQDN"));
+
+    let counts = summary_counts(&stdout);
+    assert_eq!(counts["unique"], expected.len() as u64);
+    assert_eq!(counts["added"], expected.len() as u64);
+    assert_eq!(counts["duplicates"], 3);
+    assert_eq!(counts["fetched"], expected.len() as u64 + 3);
+
+    let report = world.last_run();
+    assert_eq!(report["status"], "ok");
+    assert_eq!(report["instance"], CONNECTOR_NAME);
+    assert_eq!(report["summary"]["action"], "full");
+    assert_eq!(report["summary"]["unique"], expected.len() as u64);
+    assert_eq!(report["summary"]["sent"], expected.len() as u64);
+
+    let record = world.stage.threatq.connector(CONNECTOR_NAME).unwrap();
+    assert_eq!(record["last_import_count"], expected.len() as u64);
+    let at = record["last_import_at"].as_str().expect("last_import_at set");
+    let at = chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M:%S")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(at).map(|t| t.naive_utc()))
+        .unwrap_or_else(|e| panic!("last_import_at {at:?}: {e}"));
+    assert!(at >= before, "last_import_at {at} is from this run");
+
+    // Nothing changed in ThreatQ: the next run sends nothing and the lookup stays.
+    let again = summary_counts(&stdout_of(&world.run().assert().success()));
+    assert_eq!((again["added"], again["changed"], again["deleted"]), (0, 0, 0));
+    assert_eq!(world.lookup(method), Some(expected));
+}
+
+#[test]
+fn a_run_exports_the_collection_by_the_lookups_api() {
+    a_run_exports_the_collection(UploadMethod::LookupsApi);
+}
+
+#[test]
+fn a_run_exports_the_collection_by_the_relay() {
+    a_run_exports_the_collection(UploadMethod::Relay);
+}
+
+#[test]
+fn an_invalid_ui_value_exits_3_naming_its_label() {
+    let world = World::configured(UploadMethod::LookupsApi);
+    for (field, value, label) in
+        [("batch_size", "0", "Batch Size"), ("lookup_table_name", "bad-name", "Lookup Table Name")]
+    {
+        let fields = world.stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs");
+        world.stage.threatq.set_custom_fields(CONNECTOR_NAME, fields);
+        world.set_field(field, value);
+        world.run().assert().code(3).stderr(contains(label));
+        assert_eq!(world.last_run()["exit_code"], 3);
+    }
+    assert!(world.stage.devo_api.requests().is_empty(), "Devo is not called with a bad configuration");
+}
+
+#[test]
+fn a_held_lock_exits_6_naming_the_holder() {
+    let world = World::configured(UploadMethod::LookupsApi);
+    let guard = lock::acquire(world.dir.path(), CONNECTOR_NAME, Duration::from_secs(3600)).unwrap();
+    world.run().assert().code(6).stderr(contains(format!("pid {}", std::process::id())));
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), None, "the refused run sent nothing");
+    drop(guard);
+    world.run().assert().success();
+}
+
+#[test]
+fn a_lock_left_by_a_dead_run_is_taken_over() {
+    let world = World::configured(UploadMethod::LookupsApi);
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let lock_file = lock::path(world.dir.path(), CONNECTOR_NAME);
+    let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    std::fs::write(&lock_file, json!({"pid": dead_pid, "started_at": started_at}).to_string()).unwrap();
+
+    world.run().assert().success().stdout(contains("full sync"));
+    assert!(world.lookup(UploadMethod::LookupsApi).is_some());
+    let holder: Value = serde_json::from_str(&std::fs::read_to_string(&lock_file).unwrap()).unwrap();
+    assert_ne!(holder["pid"], dead_pid, "the run wrote itself into the lock file");
+}
+
+#[test]
+fn the_cron_line_is_written_commented_out_and_the_first_configured_run_enables_it() {
+    let world = World::new();
+    world.run().args(["--cron", "0 */2 * * *"]).assert().success().stdout(contains("commented out"));
+    let file = cron::path(world.cron_dir.path(), CONNECTOR_NAME);
+    let written = std::fs::read_to_string(&file).unwrap();
+    let config_dir = world.dir.path().canonicalize().unwrap();
+    assert!(written.starts_with("#0 */2 * * * root "), "{written}");
+    assert!(written.contains(&format!(" -c {} -ll stdout", config_dir.display())), "{written}");
+
+    world.run().assert().success().stdout(contains("Connector configured"));
+    world.run().assert().success().stdout(contains("disabled in ThreatQ"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written, "still commented out while disabled");
+
+    world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
+    world.run().assert().success();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written.trim_start_matches('#'));
+}
+
+#[test]
+fn threatq_failures_exit_4() {
+    let world = World::configured(UploadMethod::LookupsApi);
+    let mut wrong_password = world.env();
+    wrong_password.insert("THREATQ_PASSWORD".into(), "not-the-password".into());
+    world.command_with(&wrong_password).assert().code(4).stderr(contains("refused the sign-in"));
+
+    world.set_field("data_collection_name", "Devo Exprot");
+    world
+        .run()
+        .assert()
+        .code(4)
+        .stderr(contains("no ThreatQ data collection is named \"Devo Exprot\"").and(contains(stage::COLLECTION)));
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), None);
+    assert_eq!(world.last_run()["exit_code"], 4);
+}
+
+#[test]
+fn a_failed_devo_job_exits_5_keeps_no_state_and_the_next_run_converges() {
+    let world = World::configured(UploadMethod::LookupsApi);
+    world.stage.devo_api.fail_next_job("the lookup quota is exhausted");
+    world.run().assert().code(5).stderr(contains("the lookup quota is exhausted"));
+    assert_eq!(world.state_bytes(), None, "no state without Devo's acceptance");
+    assert_eq!(world.last_run()["exit_code"], 5);
+
+    world.run().assert().success();
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
+}
+
+#[test]
+fn a_relay_that_drops_every_connection_exits_5() {
+    let world = World::configured(UploadMethod::Relay);
+    world.stage.relay.set_faults(tqdevo::sandbox::relay::Faults { refuse_handshake: true, ..Default::default() });
+    world.run().assert().code(5).stderr(contains("Devo at localhost:"));
+    assert_eq!(world.lookup(UploadMethod::Relay), None);
+    assert_eq!(world.state_bytes(), None);
+}
+
+/// A token Devo refuses is a value the user must fix in the UI, so it is a configuration error that names the field.
+#[test]
+fn a_refused_devo_token_exits_3_naming_the_field() {
+    let world = World::configured(UploadMethod::LookupsApi);
+    world.stage.devo_api.set_token("a-rotated-token");
+    world.run().assert().code(3).stderr(contains("\"Devo API Token\"").and(contains("401")));
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), None);
+    assert_eq!(world.state_bytes(), None);
+}
+
+#[test]
+fn the_mass_delete_guard_exits_7_until_allowed() {
+    let world = World::configured(UploadMethod::Relay);
+    world.run().assert().success();
+    let full = world.lookup(UploadMethod::Relay).unwrap();
+    world.stage.threatq.set_generated(IOCS / 4);
+
+    world.run().assert().code(7).stderr(contains("Mass-Delete Guard").and(contains("--allow-mass-delete")));
+    assert_eq!(world.lookup(UploadMethod::Relay), Some(full.clone()), "the refused run sent nothing");
+    assert_eq!(world.last_run()["exit_code"], 7);
+
+    let stdout = stdout_of(&world.run().arg("--allow-mass-delete").assert().success());
+    let expected = world.expected_rows(stage::COLLECTION);
+    assert_eq!(summary_counts(&stdout)["deleted"], (full.len() - expected.len()) as u64);
+    assert_eq!(world.lookup(UploadMethod::Relay), Some(expected));
+}
+
+#[test]
+fn a_dry_run_sends_nothing_and_keeps_the_state() {
+    let world = World::configured(UploadMethod::LookupsApi);
+    world.run().assert().success();
+    let (lookup, state, report) = (world.lookup(UploadMethod::LookupsApi), world.state_bytes(), world.last_run());
+    let requests = world.stage.devo_api.requests().len();
+    world.stage.threatq.upsert_indicator(json!({
+        "value": "dry-run.example.net", "type": {"name": "FQDN"}, "status": {"name": "Active"}, "score": 4,
+        "created_at": "2024-01-01 00:00:00", "updated_at": "2024-01-01 00:00:00",
+    }));
+
+    let stdout = stdout_of(&world.run().arg("--dry-run").assert().success());
+    assert!(stdout.contains("dry run of an incremental sync"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("add") && l.contains("dry-run.example.net")), "{stdout}");
+    assert!(stdout.contains("nothing was sent to Devo"), "{stdout}");
+    assert_eq!(summary_counts(&stdout)["added"], 1);
+    assert_eq!(world.stage.devo_api.requests().len(), requests, "a dry run makes no Devo request");
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), lookup);
+    assert_eq!(world.state_bytes(), state);
+    assert_eq!(world.last_run(), report, "a dry run leaves the last-run report");
+}
+
+#[test]
+fn secrets_stay_out_of_the_output_at_v3() {
+    let world = World::new();
+    let relay = "e2e-relay";
+    let mut outputs = vec![output_of(&world.run().arg("-v3").assert().success())];
+    outputs.push(output_of(&world.run().args(["-v3", "-n", relay]).assert().success()));
+    world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
+    world.configure(relay, UploadMethod::Relay, "tq_iocs_relay");
+    outputs.push(output_of(&world.run().arg("-v3").assert().success()));
+    outputs.push(output_of(&world.run().args(["-v3", "-n", relay]).assert().success()));
+    assert!(world.stage.lookup(UploadMethod::Relay, "tq_iocs_relay").is_some_and(|rows| !rows.is_empty()));
+    assert!(outputs.iter().any(|o| o.contains("DEBUG")), "-v3 logs debug lines");
+
+    let private_key = world.stage.relay.client_cert().key_pem;
+    let key_lines = private_key.lines().filter(|l| !l.starts_with("-----") && l.len() > 16);
+    let mut secrets: Vec<String> = vec![tq::DEFAULT_PASSWORD.into(), DEFAULT_TOKEN.into()];
+    secrets.extend(key_lines.map(str::to_owned));
+    secrets.extend(world.stage.threatq.live_tokens());
+    for output in &outputs {
+        for secret in &secrets {
+            assert!(!output.contains(secret.as_str()), "a secret reached the output: {output}");
+        }
+    }
+}
+
+#[test]
+fn demo_output() {
+    let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("tq-conn-devo-ioc-exporter");
+    let home = tempfile::tempdir().unwrap();
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .current_dir(home.path())
+        .timeout(COMMAND_TIMEOUT)
+        .arg("demo");
+    let stdout = stdout_of(&cmd.assert().success());
+    insta::with_settings!({filters => vec![
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "[TIME]"),
+        (r"(127\.0\.0\.1|localhost):\d+", "$1:[PORT]"),
+        (r"(?m)\d+\.\d s$", "[SECONDS] s"),
+    ]}, {
+        insta::assert_snapshot!(stdout);
+    });
+}
