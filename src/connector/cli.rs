@@ -51,7 +51,8 @@ Exit codes:
   0  done, or the connector is switched off in ThreatQ
   1  anything else (a file that cannot be written, ...)
   2  usage: a flag or value on the command line is wrong
-  3  invalid configuration: a UI field in ThreatQ, a local file or an environment variable
+  3  invalid configuration: a UI field in ThreatQ (a Devo token Devo refuses too), a local file or an
+     environment variable
   4  ThreatQ failed (sign-in, connection, API error)
   5  Devo failed (connection, upload refused)
   6  another run holds the run lock
@@ -64,6 +65,8 @@ Environment:
   THREATQ_CA_FILE      PEM file of extra CAs to trust for ThreatQ (default: the system roots)
   THREATQ_TLS_VERIFY   false: do not verify ThreatQ's certificate (logged as a warning)
   DEVO_CA_FILE         PEM file of extra CAs to trust for the Devo Lookups API
+  DEVO_RELAY_DELAY_SECONDS  the relay's pause after START and before END (default 5, as devo-sdk)
+  DEVO_JOB_POLL_SECONDS     how often a Lookups API job is polled (default 2)
   HTTPS_PROXY, NO_PROXY
   TQ_SECRETS_BACKEND   file or keyring: where the ThreatQ password is stored (default: the OS keyring when one
                        answers, else an owner-only file in the -c directory)";
