@@ -117,16 +117,32 @@ pub struct DevoOptions {
     pub extra_ca_pem: Option<String>,
     /// The relay's pause after START and before END, from `DEVO_RELAY_DELAY_SECONDS` (devo-sdk's 5 s by default).
     pub relay_delay: Duration,
+    /// How often the Lookups API uploader polls a job, from `DEVO_JOB_POLL_SECONDS` (the uploader's 2 s when unset).
+    pub job_poll_interval: Option<Duration>,
 }
 
 impl Default for DevoOptions {
     fn default() -> Self {
-        Self { extra_ca_pem: None, relay_delay: Duration::from_secs(5) }
+        Self { extra_ca_pem: None, relay_delay: Duration::from_secs(5), job_poll_interval: None }
     }
 }
 
+/// A number of seconds from an environment variable, within `0..=max`; a bad value names the variable.
+fn seconds_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    max: f64,
+) -> Result<Option<Duration>, crate::Error> {
+    let Some(v) = env(name) else { return Ok(None) };
+    let seconds = v.trim().parse::<f64>().ok().filter(|s| (0.0..=max).contains(s));
+    seconds
+        .map(|s| Some(Duration::from_secs_f64(s)))
+        .ok_or_else(|| crate::Error::LocalConfig(format!("{name}={v:?}: give seconds from 0 to {max}")))
+}
+
 impl DevoOptions {
-    /// Reads `DEVO_CA_FILE` and `DEVO_RELAY_DELAY_SECONDS`; a bad value names the variable.
+    /// Reads `DEVO_CA_FILE`, `DEVO_RELAY_DELAY_SECONDS` and `DEVO_JOB_POLL_SECONDS`; a bad value names the
+    /// variable.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, crate::Error> {
         let extra_ca_pem = match env("DEVO_CA_FILE") {
             Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
@@ -134,15 +150,10 @@ impl DevoOptions {
             })?),
             None => None,
         };
-        let relay_delay = match env("DEVO_RELAY_DELAY_SECONDS") {
-            Some(v) => {
-                Duration::from_secs_f64(v.trim().parse::<f64>().ok().filter(|s| (0.0..=600.0).contains(s)).ok_or_else(
-                    || crate::Error::LocalConfig(format!("DEVO_RELAY_DELAY_SECONDS={v:?}: give seconds from 0 to 600")),
-                )?)
-            }
-            None => Self::default().relay_delay,
-        };
-        Ok(Self { extra_ca_pem, relay_delay })
+        let relay_delay =
+            seconds_from_env(env, "DEVO_RELAY_DELAY_SECONDS", 600.0)?.unwrap_or(Self::default().relay_delay);
+        let job_poll_interval = seconds_from_env(env, "DEVO_JOB_POLL_SECONDS", 60.0)?;
+        Ok(Self { extra_ca_pem, relay_delay, job_poll_interval })
     }
 }
 
@@ -163,6 +174,9 @@ pub fn uploader(settings: &DevoSettings, options: &DevoOptions) -> Result<Box<dy
             };
             let mut config = api::ApiConfig::from_settings(settings, domain)?;
             config.extra_ca_pem = options.extra_ca_pem.clone();
+            if let Some(every) = options.job_poll_interval {
+                config.poll_interval = every;
+            }
             Ok(Box::new(api::LookupsApiUploader::new(config)?))
         }
     }
