@@ -79,6 +79,7 @@ pub fn target_of(settings: &Settings, uploader: &dyn Uploader) -> Digest {
 fn full_reason(
     settings: &Settings,
     state: &Result<State, Unusable>,
+    pending: bool,
     target: Digest,
     now: DateTime<Utc>,
 ) -> Option<FullReason> {
@@ -87,6 +88,7 @@ fn full_reason(
         Err(Unusable::Corrupt(why)) => Some(FullReason::UnusableState(why.clone())),
         Ok(_) if settings.sync_mode == SyncMode::Full => Some(FullReason::SyncModeFull),
         Ok(state) if state.target != target => Some(FullReason::TargetChanged),
+        Ok(_) if pending => Some(FullReason::UnfinishedUpload),
         Ok(state) if (now - state.last_full_at).to_std().unwrap_or_default() >= settings.full_resync_every => {
             Some(FullReason::ResyncDue)
         }
@@ -114,7 +116,11 @@ where
     if let Err(Unusable::Corrupt(why)) = &loaded {
         tracing::warn!(path = %state_path.display(), "the delivered state is unusable ({why}); doing a full replace");
     }
-    let full = full_reason(settings, &loaded, target, options.now);
+    let pending = State::delivery_pending(state_path);
+    if pending && loaded.is_ok() {
+        tracing::warn!("the last upload did not finish cleanly; doing a full replace");
+    }
+    let full = full_reason(settings, &loaded, pending, target, options.now);
     let state = loaded.ok();
 
     let dir = state_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -180,6 +186,8 @@ where
                 deletes: deletions.as_ref().map_or(&no_deletions as &dyn RowSource, |d| d as &dyn RowSource),
             },
         };
+        let state_error = |e| Error::io(format!("writing the delivered state {}", state_path.display()), e);
+        State::begin_delivery(state_path).map_err(state_error)?;
         let receipt = uploader.deliver(&table, delivery).await?;
         tracing::info!(reference = %receipt.reference, attempts = receipt.attempts, "Devo accepted the upload");
         summary.sent = receipt.rows_sent;
@@ -187,8 +195,7 @@ where
             (Action::Incremental, Some(state)) => state.last_full_at,
             _ => options.now,
         };
-        State::write(state_path, target, last_full, &all)
-            .map_err(|e| Error::io(format!("writing the delivered state {}", state_path.display()), e))?;
+        State::write(state_path, target, last_full, &all).map_err(state_error)?;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
