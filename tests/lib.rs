@@ -4,4 +4,5 @@
 mod cli;
 mod lookups_api;
 mod relay;
+mod sync;
 mod threatq;
