@@ -535,3 +535,162 @@ proptest! {
         model_case(initial, steps);
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// When a full replace is due, and what a dry run leaves alone.
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_or_missing_state_means_a_full_replace_never_a_crash() {
+    let world = World::start(300).await;
+    world.configure("states", UploadMethod::LookupsApi, "states", &[]).await;
+    let expected = expected_rows(&world.collection().await);
+    assert_eq!(world.synced("states").await.action, "full");
+    let path = world.state_path("states");
+    for (damage, reason) in [(Some(&b"TQDEVO-STATE\x01\0\0\0torn"[..]), "unusable"), (None, "no delivered state")] {
+        match damage {
+            Some(bytes) => std::fs::write(&path, bytes).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+        let summary = world.synced("states").await;
+        assert_eq!(summary.action, "full", "{summary:?}");
+        assert!(summary.reason.as_deref().is_some_and(|r| r.contains(reason)), "{summary:?}");
+        assert_eq!(world.lookup(UploadMethod::LookupsApi, "states"), expected);
+        assert_eq!(world.synced("states").await.action, "incremental", "the rewritten state is used again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_resync_or_a_changed_lookup_method_or_endpoint_means_a_full_replace() {
+    use tqdevo::connector::config::parse_custom_fields;
+    use tqdevo::connector::sync::{SyncOptions, sync};
+    use tqdevo::devo::{DevoOptions, uploader};
+
+    let world = World::start(200).await;
+    let collection = world.collection().await;
+    let state = world.dir.path().join("direct.state");
+    let env = |key: &str| world.env.get(key).cloned();
+    let devo_options = DevoOptions::from_env(&env).unwrap();
+    let sync_at = |fields: BTreeMap<String, String>, hours: i64| {
+        let (collection, state, devo_options) = (collection.clone(), state.clone(), devo_options.clone());
+        async move {
+            let settings = parse_custom_fields(&fields).unwrap();
+            let uploader = uploader(&settings.devo, &devo_options).unwrap();
+            let now = chrono::Utc::now() + chrono::Duration::hours(hours);
+            let options = SyncOptions { dry_run: false, allow_mass_delete: false, now };
+            let pages = futures::stream::iter([Ok(collection)]);
+            bounded("a sync", sync(pages, &settings, uploader.as_ref(), &state, &options, |_| {})).await.unwrap()
+        }
+    };
+    let api = world.stage.ui_fields(UploadMethod::LookupsApi, "resync");
+    let action = |s: Summary| (s.action, s.reason.unwrap_or_default());
+    let full = |why: &str| ("full".to_owned(), why.to_owned());
+    let incremental = ("incremental".to_owned(), String::new());
+
+    assert_eq!(action(sync_at(api.clone(), 0).await), full("no delivered state yet"));
+    assert_eq!(action(sync_at(api.clone(), 23).await), incremental);
+    assert_eq!(action(sync_at(api.clone(), 24).await), full("the periodic full resync is due"));
+    assert_eq!(action(sync_at(api.clone(), 47).await), incremental, "the resync clock restarted");
+
+    let changed_target = full("the lookup or its Devo target changed");
+    let mut renamed = api.clone();
+    renamed.insert("lookup_table_name".into(), "resync_renamed".into());
+    assert_eq!(action(sync_at(renamed, 47).await), changed_target);
+    assert_eq!(action(sync_at(world.stage.ui_fields(UploadMethod::Relay, "resync_renamed"), 47).await), changed_target);
+    let mut other_endpoint = world.stage.ui_fields(UploadMethod::LookupsApi, "resync_renamed");
+    let by_name = other_endpoint["devo_custom_endpoint"].replace("127.0.0.1", "localhost");
+    other_endpoint.insert("devo_custom_endpoint".into(), by_name);
+    assert_eq!(action(sync_at(other_endpoint.clone(), 47).await), changed_target);
+    assert_eq!(action(sync_at(other_endpoint, 47).await), incremental);
+    assert_eq!(world.lookup(UploadMethod::LookupsApi, "resync_renamed"), expected_rows(&collection));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_sends_nothing_and_leaves_the_state_byte_identical() {
+    let world = World::start(300).await;
+    for (name, method) in [("dry-api", UploadMethod::LookupsApi), ("dry-relay", UploadMethod::Relay)] {
+        world.configure(name, method, &name.replace('-', "_"), &[]).await;
+        world.synced(name).await;
+    }
+    let first = expected_rows(&world.collection().await);
+    edit_scores(&world, 1..=300, 10);
+    world.stage.devo_api.clear_requests();
+    let connections = world.stage.relay.connections().len();
+    for (name, method) in [("dry-api", UploadMethod::LookupsApi), ("dry-relay", UploadMethod::Relay)] {
+        let state = world.state_bytes(name);
+        let (result, out) = world.run(name, true).await;
+        let Ok(Outcome::Synced(summary)) = result else { panic!("{result:?}") };
+        assert!(summary.dry_run && summary.changed > 0, "{summary:?}");
+        assert!(out.contains("nothing was sent to Devo") && out.contains("change"), "{out}");
+        assert_eq!(world.state_bytes(name), state);
+        assert_eq!(world.lookup(method, &name.replace('-', "_")), first);
+    }
+    assert!(world.stage.devo_api.requests().iter().all(|r| r.method == "GET"), "{:?}", world.stage.devo_api.requests());
+    assert_eq!(world.stage.relay.connections().len(), connections);
+}
+
+/// Sets a new score on every `every`-th Active IOC among `ids`; returns how many changed.
+fn edit_scores(world: &World, ids: std::ops::RangeInclusive<u64>, every: usize) -> usize {
+    let tq = &world.stage.threatq;
+    let active: Vec<u64> = ids.filter(|id| tq.indicator(*id).is_some_and(|i| is_active(&i))).collect();
+    let chosen: Vec<u64> = active.into_iter().step_by(every).collect();
+    for id in &chosen {
+        tq.modify_indicator(*id, |i| i["score"] = json!(format!("{}.25", id % 10)));
+    }
+    chosen.len()
+}
+
+fn is_active(ioc: &serde_json::Value) -> bool {
+    ioc["status"]["name"] == "Active" || ioc["status"] == "Active"
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Incremental runs send what changed.
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_percent_change_sends_about_one_percent_of_the_rows() {
+    let world = World::start(2_000).await;
+    for (name, method) in [("inc-api", UploadMethod::LookupsApi), ("inc-relay", UploadMethod::Relay)] {
+        world.configure(name, method, &name.replace('-', "_"), &[]).await;
+        assert_eq!(world.synced(name).await.action, "full");
+    }
+    let total = expected_rows(&world.collection().await).len();
+    // 20 changes among ~1,500 rows: 8 rescored, 6 expired, 6 added. Ids near the generator's duplicates (every
+    // 1000th id repeats the one before) are left alone, so each change moves exactly one row.
+    let tq = &world.stage.threatq;
+    let active: Vec<u64> = (1..=1_990)
+        .filter(|id| id % 1000 < 990 && tq.indicator(*id).is_some_and(|i| is_active(&i)))
+        .step_by(50)
+        .take(14)
+        .collect();
+    assert_eq!(active.len(), 14);
+    for id in &active[..8] {
+        tq.modify_indicator(*id, |i| i["score"] = json!("9.75"));
+    }
+    for id in &active[8..] {
+        tq.modify_indicator(*id, |i| i["status"] = json!({"id": 2, "name": "Expired"}));
+    }
+    for n in 0..6 {
+        tq.upsert_indicator(json!({"value": format!("new-{n}.inc.example"), "type": "FQDN", "status": "Active"}));
+    }
+    world.stage.devo_api.clear_requests();
+    let connections = world.stage.relay.connections().len();
+    for name in ["inc-api", "inc-relay"] {
+        let summary = world.synced(name).await;
+        assert_eq!((summary.changed, summary.deleted, summary.added, summary.sent), (8, 6, 6, 20), "{summary:?}");
+    }
+    let expected = expected_rows(&world.collection().await);
+    assert_eq!(world.lookup(UploadMethod::LookupsApi, "inc_api"), expected);
+    assert_eq!(world.lookup(UploadMethod::Relay, "inc_relay"), expected);
+
+    let deploys: Vec<_> =
+        world.stage.devo_api.requests().into_iter().filter(|r| r.path.ends_with("/deploy-csv")).collect();
+    let api_rows: u64 = deploys.iter().map(|r| r.csv_rows).sum();
+    assert_eq!(api_rows, 20, "{deploys:?}");
+    let relay = world.stage.relay.connections();
+    assert_eq!(relay.len(), connections + 1);
+    let lines = relay[connections].iter().filter(|b| **b == b'\n').count();
+    assert_eq!(lines, 20 + 2, "START, the 20 changes, END");
+    assert!(total > 50 * 20, "the collection ({total} rows) is far larger than the change");
+}
