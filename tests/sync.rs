@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -693,4 +694,135 @@ async fn a_one_percent_change_sends_about_one_percent_of_the_rows() {
     let lines = relay[connections].iter().filter(|b| **b == b'\n').count();
     assert_eq!(lines, 20 + 2, "START, the 20 changes, END");
     assert!(total > 50 * 20, "the collection ({total} rows) is far larger than the change");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The real binary, killed mid-run.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Starts the built binary for instance `name` with the world's environment plus `extra`.
+fn spawn_binary(world: &World, name: &str, extra: &[(&str, &str)]) -> std::process::Child {
+    let dir = world.config_dir();
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin!("tq-conn-devo-ioc-exporter"));
+    command.arg("-c").arg(&dir).args(["-n", name, "--cron-dir"]).arg(&dir);
+    command.envs(&world.env).envs(extra.iter().copied());
+    command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    command.spawn().unwrap()
+}
+
+/// Waits for the process without blocking the stand-ins' runtime.
+async fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
+    bounded("the binary", async {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+fn signal(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_never_leaves_a_partial_lookup_and_the_next_run_converges() {
+    use rand::RngExt as _;
+    let world = World::start(3_000).await;
+    let instances =
+        [("kill-api", UploadMethod::LookupsApi, "kill_api"), ("kill-relay", UploadMethod::Relay, "kill_relay")];
+    for (name, method, lookup) in instances {
+        world.configure(name, method, lookup, &[]).await;
+    }
+    // Edits change scores only, so the lookup's size never changes: any other size seen is a partial table.
+    let unique = expected_rows(&world.collection().await).len();
+    let watching = AtomicBool::new(true);
+    let sampler = async {
+        let mut bad = Vec::new();
+        while watching.load(Ordering::Relaxed) {
+            for (_, method, lookup) in instances {
+                let size = world.stage.lookup(method, lookup).map(|rows| rows.len());
+                if size.is_some_and(|n| n != unique) {
+                    bad.push((lookup, size));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        bad
+    };
+    let killer = async {
+        let mut killed = 0;
+        for round in 0..10u64 {
+            edit_scores(&world, (round * 300 + 1)..=(round * 300 + 300), 3);
+            let (name, _, _) = instances[(round % 2) as usize];
+            let mut child = spawn_binary(&world, name, &[]);
+            // A whole run of 3,000 IOCs takes under a second here; most kills land inside it.
+            let wait = rand::rng().random_range(0..700);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            signal(&child, nix::sys::signal::Signal::SIGKILL);
+            killed += u32::from(exit_of(&mut child).await.code().is_none());
+        }
+        eprintln!("SIGKILL landed inside {killed} of 10 runs");
+        watching.store(false, Ordering::Relaxed);
+    };
+    let (bad, ()) = tokio::join!(sampler, killer);
+    assert!(bad.is_empty(), "a stand-in held a partial lookup: {bad:?}");
+
+    let expected = expected_rows(&world.collection().await);
+    for (name, method, lookup) in instances {
+        let status = exit_of(&mut spawn_binary(&world, name, &[])).await;
+        assert!(status.success(), "{name}: {status}");
+        assert_eq!(world.lookup(method, lookup), expected, "{name}");
+    }
+    for upload in world.stage.relay.applied() {
+        if upload.action == tqdevo::devo::relay::encode::Action::Full {
+            assert_eq!(upload.rows, unique, "{upload:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_an_upload_before_its_end_keeps_the_state_and_releases_the_lock() {
+    let world = World::start(1_000).await;
+    world.configure("term", UploadMethod::Relay, "term", &[]).await;
+    world.synced("term").await;
+    let before = world.lookup(UploadMethod::Relay, "term");
+    let state = world.state_bytes("term");
+    let applied = world.stage.relay.applied().len();
+    edit_scores(&world, 1..=1_000, 5);
+
+    // A long pause after START keeps the upload open; the run is in it once ThreatQ served the last page (of
+    // the stage's 250).
+    let last_page = format!("offset={}&", (world.collection().await.len() - 1) / 250 * 250);
+    world.stage.threatq.clear_requests();
+    let mut child = spawn_binary(&world, "term", &[("DEVO_RELAY_DELAY_SECONDS", "60")]);
+    bounded("the run to reach the upload", async {
+        while !world
+            .stage
+            .threatq
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/indicators/") && r.query.contains(&last_page))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), exit_of(&mut child)).await.expect("SIGTERM stops the run");
+    assert!(!status.success(), "{status}");
+
+    assert_eq!(world.stage.relay.applied().len(), applied, "nothing applied");
+    let last = world.stage.relay.connections().last().cloned().unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&last).contains("|END|"), "no END for the interrupted upload");
+    assert_eq!(world.lookup(UploadMethod::Relay, "term"), before);
+    assert_eq!(world.state_bytes("term"), state, "the state is unchanged");
+
+    let status = exit_of(&mut spawn_binary(&world, "term", &[])).await;
+    assert_eq!(status.code(), Some(0), "the lock was released, so the next run is not refused (exit 6)");
+    assert_eq!(world.lookup(UploadMethod::Relay, "term"), expected_rows(&world.collection().await));
 }
