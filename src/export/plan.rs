@@ -18,6 +18,9 @@ pub enum FullReason {
     ResyncDue,
     /// The lookup name, columns or upload target changed since the last delivery.
     TargetChanged,
+    /// An upload began after the state was written and did not finish cleanly, so Devo may hold rows the state
+    /// does not know of.
+    UnfinishedUpload,
 }
 
 impl fmt::Display for FullReason {
@@ -28,6 +31,9 @@ impl fmt::Display for FullReason {
             FullReason::SyncModeFull => f.write_str("Sync Mode is Full"),
             FullReason::ResyncDue => f.write_str("the periodic full resync is due"),
             FullReason::TargetChanged => f.write_str("the lookup or its Devo target changed"),
+            FullReason::UnfinishedUpload => {
+                f.write_str("the last upload did not finish cleanly, so the lookup may differ from the state")
+            }
         }
     }
 }

@@ -172,14 +172,30 @@ impl State {
         Deletions { path: &self.path, current, columns, count }
     }
 
-    /// Replaces the state file with `rows` (what Devo now holds): temp file, fsync, rename, fsync of the folder.
+    /// Notes, before an upload starts, that Devo may soon hold rows the state does not list. [`State::write`]
+    /// clears the note; one left behind (a crash during or right after the upload, an upload Devo applied but
+    /// whose acknowledgement was lost, an incremental upload half applied) makes the next run replace the whole
+    /// lookup, since only then is a row that left the collection meanwhile sure to be deleted.
+    pub fn begin_delivery(path: &Path) -> io::Result<()> {
+        let marker = pending_path(path);
+        File::create(&marker)?.sync_all()?;
+        File::open(parent(path))?.sync_all()
+    }
+
+    /// Whether an upload began after the state was last written.
+    pub fn delivery_pending(path: &Path) -> bool {
+        pending_path(path).exists()
+    }
+
+    /// Replaces the state file with `rows` (what Devo now holds): temp file, fsync, rename, fsync of the folder;
+    /// then clears the note of [`State::begin_delivery`].
     pub fn write(
         path: &Path,
         target: ContentDigest,
         last_full_at: DateTime<Utc>,
         rows: &dyn RowSource,
     ) -> io::Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = parent(path);
         let mut tmp = tempfile::Builder::new().prefix(".state-").tempfile_in(dir)?;
         {
             let mut out = BufWriter::new(tmp.as_file_mut());
@@ -214,8 +230,24 @@ impl State {
         }
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
-        File::open(dir)?.sync_all()
+        File::open(dir)?.sync_all()?;
+        // Should this removal be lost to a crash, the next run merely replaces the lookup once more.
+        match std::fs::remove_file(pending_path(path)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// `<state>.pending`, beside the state file.
+fn pending_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pending");
+    PathBuf::from(name)
 }
 
 /// Delete rows for keys Devo holds that the collection no longer has.
@@ -296,5 +328,17 @@ mod tests {
         assert!(matches!(State::load(&path), Err(Unusable::Corrupt(_))));
         std::fs::write(&path, b"{\"json\": true}").unwrap();
         assert!(matches!(State::load(&path), Err(Unusable::Corrupt(_))));
+    }
+
+    #[test]
+    fn an_upload_stays_pending_until_the_state_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.state");
+        assert!(!State::delivery_pending(&path));
+        State::begin_delivery(&path).unwrap();
+        assert!(State::delivery_pending(&path), "a crash now leaves the note behind");
+        State::write(&path, 1, Utc::now(), &rows(&["a"])).unwrap();
+        assert!(!State::delivery_pending(&path));
+        State::write(&path, 1, Utc::now(), &rows(&["a"])).unwrap();
     }
 }
