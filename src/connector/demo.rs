@@ -61,9 +61,9 @@ pub async fn demo(out: &mut dyn Write) -> Result<(), Error> {
     )
     .map_err(io_error)?;
 
-    for (method, name, lookup) in
-        [(UploadMethod::LookupsApi, "demo-api", "tq_iocs_api"), (UploadMethod::Relay, "demo-relay", "tq_iocs_relay")]
-    {
+    let rounds =
+        [(UploadMethod::LookupsApi, "demo-api", "tq_iocs_api"), (UploadMethod::Relay, "demo-relay", "tq_iocs_relay")];
+    for (round, (method, name, lookup)) in rounds.into_iter().enumerate() {
         let title = match method {
             UploadMethod::LookupsApi => "Lookups API (default)",
             UploadMethod::Relay => "X.509 relay (legacy)",
@@ -86,7 +86,7 @@ pub async fn demo(out: &mut dyn Write) -> Result<(), Error> {
         run_once(work.path(), name, &env, out).await?;
         print_lookup(out, &stage, method, lookup)?;
 
-        let changes = change_collection(&stage, lookup);
+        let changes = change_collection(&stage, round, lookup);
         writeln!(out, "[ThreatQ] the collection changes: {changes}").map_err(io_error)?;
         writeln!(out, "$ tq-conn-devo-ioc-exporter -n {name}    # sends only the changes").map_err(io_error)?;
         run_once(work.path(), name, &env, out).await?;
@@ -96,8 +96,9 @@ pub async fn demo(out: &mut dyn Write) -> Result<(), Error> {
     writeln!(out, "Demo finished. The same runs, against a real ThreatQ and Devo: see the README.").map_err(io_error)
 }
 
-/// Adds two IOCs, edits one and expires (removes from the Active collection) two, as analysts would.
-fn change_collection(stage: &Stage, tag: &str) -> String {
+/// Adds two IOCs, edits one and expires (removes from the Active collection) two, as analysts would; each round
+/// touches other IOCs, so every round shows all three kinds of change.
+fn change_collection(stage: &Stage, round: usize, tag: &str) -> String {
     let tq = &stage.threatq;
     let stamp = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
     let added: Vec<u64> = [format!("new-c2.{tag}.example.net"), format!("https://{tag}.example.org/payload")]
@@ -114,7 +115,8 @@ fn change_collection(stage: &Stage, tag: &str) -> String {
         })
         .collect();
     let is_active = |i: &serde_json::Value| i["status"]["name"] == "Active" || i["status"] == "Active";
-    let active: Vec<u64> = (1..=500).filter(|id| tq.indicator(*id).is_some_and(|i| is_active(&i))).take(3).collect();
+    let active: Vec<u64> =
+        (1..=500).filter(|id| tq.indicator(*id).is_some_and(|i| is_active(&i))).skip(3 * round).take(3).collect();
     tq.modify_indicator(active[0], |i| {
         i["score"] = json!(10);
         i["updated_at"] = json!(stamp);
