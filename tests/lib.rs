@@ -4,6 +4,7 @@
 mod cli;
 mod e2e;
 mod lookups_api;
+mod mapping;
 mod relay;
 mod sync;
 mod threatq;

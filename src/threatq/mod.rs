@@ -8,7 +8,7 @@ mod tls;
 
 pub use client::{Client, Policy};
 pub use model::*;
-pub use parse::parse_is_active;
+pub use parse::{indicator_from_json, parse_is_active};
 
 /// Everything that can go wrong talking to ThreatQ. Messages name the host, path or setting to fix, never a
 /// secret.

@@ -115,6 +115,11 @@ fn names(list: Option<Vec<Named>>) -> Vec<String> {
     list.unwrap_or_default().into_iter().filter_map(Named::into_name).collect()
 }
 
+/// One indicator as ThreatQ's JSON gives it (either shape of type, status, score and tags).
+pub fn indicator_from_json(value: Value) -> Result<Indicator, serde_json::Error> {
+    serde_json::from_value::<RawIndicator>(value).map(Indicator::from)
+}
+
 impl From<RawIndicator> for Indicator {
     fn from(raw: RawIndicator) -> Indicator {
         let adversaries_given = raw.adversaries.is_some();
