@@ -27,6 +27,7 @@ async fn run_once(dir: &std::path::Path, env: &HashMap<String, String>) -> Outco
         env: &lookup,
         prompter: &mut prompter,
         out: &mut out,
+        logs_to_out: true,
     };
     run(ctx).await.unwrap_or_else(|e| panic!("run failed: {e}"))
 }

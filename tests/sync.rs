@@ -73,6 +73,7 @@ impl World {
             env: &lookup,
             prompter: &mut no_input,
             out: &mut out,
+            logs_to_out: true,
         };
         let result = bounded("a run", run::run(ctx)).await;
         (result, String::from_utf8_lossy(&out).into_owned())

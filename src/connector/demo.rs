@@ -39,6 +39,7 @@ async fn run_once(
         env: &lookup,
         prompter: &mut no_input,
         out,
+        logs_to_out: true,
     })
     .await
 }

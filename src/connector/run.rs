@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use serde_json::json;
 
@@ -33,6 +33,9 @@ pub struct RunContext<'a> {
     pub prompter: &'a mut dyn Prompter,
     /// Where the summary and a dry run's plan go.
     pub out: &'a mut dyn std::io::Write,
+    /// Whether the logs go to `out` too (`-ll stdout`). Otherwise the summary goes to the log, and to `out` only
+    /// when it is a terminal, so that cron, which mails whatever a job prints, stays quiet.
+    pub logs_to_out: bool,
 }
 
 /// How a run ended, when it did not fail.
@@ -85,7 +88,7 @@ async fn connect(options: crate::threatq::ClientOptions) -> Result<Client, crate
     Ok(client)
 }
 
-async fn run_inner(ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Outcome, Error> {
+async fn run_inner(mut ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Outcome, Error> {
     let Some(local) = LocalConfig::load(&ctx.dir, &ctx.name)? else {
         setup::first_run(&ctx.dir, &ctx.name, ctx.prompter, ctx.env, |options| async move {
             connect(options).await.map(Box::new)
@@ -96,9 +99,11 @@ async fn run_inner(ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Outcom
     let client = connect(local.options_for_run(&ctx.dir, ctx.env)?).await?;
     let record = client.ensure_registered(&config::definition(Some(&ctx.name))).await?;
     if !record.is_active {
-        tracing::warn!(connector = %record.name, "disabled in ThreatQ: turn the toggle on in the integration page");
-        writeln!(ctx.out, "{}: disabled in ThreatQ; nothing to do", record.name)
-            .map_err(|e| Error::io("writing to stdout", e))?;
+        tell(
+            &mut ctx,
+            true,
+            &format!("{}: disabled in ThreatQ; turn the toggle on in the integration page", record.name),
+        )?;
         return Ok(Outcome::Disabled);
     }
     for field in config::unknown_fields(&record.custom_fields) {
@@ -127,10 +132,24 @@ async fn run_inner(ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Outcom
         print_plan(ctx.out, &summary).map_err(|e| Error::io("writing to stdout", e))?;
         return Ok(Outcome::Synced(summary));
     }
-    writeln!(ctx.out, "{}", summary.line()).map_err(|e| Error::io("writing to stdout", e))?;
-    tracing::info!(target: "summary", "{}", summary.line());
+    tell(&mut ctx, false, &summary.line())?;
     client.report_run(record.id, Utc::now(), summary.unique).await?;
     Ok(Outcome::Synced(summary))
+}
+
+/// A line the user should see: on `out` when the logs go there too or it is a terminal, and in the log
+/// otherwise, so that cron (which mails whatever a job prints) stays quiet.
+/// `warn` lines reach the log at every verbosity, the others from `-v2`.
+fn tell(ctx: &mut RunContext<'_>, warn: bool, line: &str) -> Result<(), Error> {
+    if ctx.logs_to_out || std::io::stdout().is_terminal() {
+        writeln!(ctx.out, "{line}").map_err(|e| Error::io("writing to stdout", e))?;
+    }
+    match (ctx.logs_to_out, warn) {
+        (true, _) => {}
+        (false, true) => tracing::warn!("{line}"),
+        (false, false) => tracing::info!("{line}"),
+    }
+    Ok(())
 }
 
 async fn export(
@@ -199,6 +218,7 @@ pub fn execute(invocation: &super::cli::Invocation) -> Result<(), Error> {
                         env: &super::local::process_env,
                         prompter: &mut prompter,
                         out: &mut stdout,
+                        logs_to_out: invocation.log == super::logging::LogTarget::Stdout,
                     };
                     run(ctx).await.map(drop)
                 }
