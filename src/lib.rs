@@ -9,6 +9,7 @@ mod error;
 pub mod export;
 pub mod sandbox;
 pub mod threatq;
+mod tls;
 
 pub use error::Error;
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::Error;
@@ -36,28 +35,20 @@ pub(super) fn client_config(ca_file: Option<&Path>, verify: bool) -> Result<Clie
 
 fn roots_from_file(path: &Path) -> Result<RootCertStore, Error> {
     let problem = |detail: String| Error::Tls(format!("THREATQ_CA_FILE {}: {detail}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| problem(e.to_string()))? {
-        let cert = cert.map_err(|e| problem(format!("not a PEM certificate bundle ({e})")))?;
-        roots.add(cert).map_err(|e| problem(format!("unusable certificate ({e})")))?;
-    }
-    if roots.is_empty() {
-        return Err(problem("holds no PEM certificate".into()));
-    }
+    crate::tls::add_pem_roots(&mut roots, &pem).map_err(problem)?;
     Ok(roots)
 }
 
 fn system_roots() -> Result<RootCertStore, Error> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
+    let roots = crate::tls::system_roots();
     if roots.is_empty() {
-        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-        return Err(Error::Tls(format!(
-            "no system root certificates found ({}); set THREATQ_CA_FILE to the PEM bundle that signs ThreatQ's \
-             certificate",
-            errors.join("; ")
-        )));
+        return Err(Error::Tls(
+            "no system root certificates found; set THREATQ_CA_FILE to the PEM bundle that signs ThreatQ's \
+             certificate"
+                .into(),
+        ));
     }
     Ok(roots)
 }

@@ -16,8 +16,6 @@ use futures::channel::mpsc;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Method, Response, StatusCode, Url};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -393,23 +391,10 @@ fn job_id(value: &Value) -> Option<String> {
 
 /// The TLS client configuration: system roots, plus the PEM certificates of `DEVO_CA_FILE`.
 fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!("skipping a system root certificate store: {e}");
-    }
-    roots.add_parsable_certificates(native.certs);
+    let mut roots = crate::tls::system_roots();
     if let Some(pem) = extra_ca_pem {
-        let bad = |why: String| Error::Tls(format!("DEVO_CA_FILE: {why}"));
-        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("not readable as PEM certificates ({e})")))?;
-        if certs.is_empty() {
-            return Err(bad("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(format!("a certificate cannot be used as a trust anchor ({e})")))?;
-        }
+        crate::tls::add_pem_roots(&mut roots, pem.as_bytes())
+            .map_err(|why| Error::Tls(format!("DEVO_CA_FILE: {why}")))?;
     }
     let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -1,0 +1,48 @@
+//! Trust anchors shared by the ThreatQ client and the Lookups API uploader: the system's roots and PEM bundles.
+//! Each caller names its own source (`THREATQ_CA_FILE`, `DEVO_CA_FILE`) in its errors.
+
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+/// The system's trust anchors; a store that cannot be read is skipped with a debug line.
+pub fn system_roots() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!("skipping a system root certificate store: {e}");
+    }
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    roots
+}
+
+/// Adds every certificate of a PEM bundle to `roots`; the error says, for the user, what is wrong with the text.
+pub fn add_pem_roots(roots: &mut RootCertStore, pem: &[u8]) -> Result<(), String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not readable as PEM certificates ({e})"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| format!("a certificate cannot be used as a trust anchor ({e})"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::certs::TestCa;
+
+    #[test]
+    fn pem_bundles_add_every_certificate_and_say_what_is_wrong() {
+        let (a, b) = (TestCa::new("A"), TestCa::new("B"));
+        let mut roots = RootCertStore::empty();
+        add_pem_roots(&mut roots, format!("{}{}", a.cert_pem(), b.cert_pem()).as_bytes()).unwrap();
+        assert_eq!(roots.len(), 2);
+        assert!(add_pem_roots(&mut roots, b"just text").unwrap_err().contains("no PEM certificate"));
+        let broken = a.cert_pem().replace("MII", "M!I");
+        assert!(add_pem_roots(&mut roots, broken.as_bytes()).is_err());
+    }
+}
