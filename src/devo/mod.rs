@@ -32,6 +32,33 @@ pub struct Table {
     pub columns: Vec<Column>,
 }
 
+impl Table {
+    /// Lookup and column names go unescaped into syslog tags, the headers JSON and URLs: `^[A-Za-z0-9_]+$`,
+    /// columns unique. Errors name "Lookup Table Name", the only name a user chooses.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let valid = |name: &str| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let invalid = |problem: String| ConfigError::invalid("lookup_table_name", problem);
+        if !valid(&self.name) {
+            return Err(invalid(format!("{:?} may hold only letters A-Z a-z, digits and underscores", self.name)));
+        }
+        if self.columns.is_empty() {
+            return Err(invalid("the lookup has no columns".into()));
+        }
+        for (i, column) in self.columns.iter().enumerate() {
+            if !valid(&column.name) {
+                return Err(invalid(format!(
+                    "column {:?} may hold only letters A-Z a-z, digits and underscores",
+                    column.name
+                )));
+            }
+            if self.columns[..i].iter().any(|c| c.name == column.name) {
+                return Err(invalid(format!("column {:?} appears twice", column.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One lookup row: a value per column, in column order, key first.
 pub type Row = Vec<String>;
 
@@ -187,6 +214,20 @@ pub fn uploader(settings: &DevoSettings, options: &DevoOptions) -> Result<Box<dy
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_must_fit_syslog_tags_json_and_urls() {
+        let table = |name: &str, cols: &[&str]| Table {
+            name: name.into(),
+            columns: cols.iter().map(|c| Column { name: (*c).into(), ty: ColumnType::Str }).collect(),
+        };
+        assert!(table("iocs_1", &["ioc", "type"]).check().is_ok());
+        for bad in [table("io cs", &["ioc"]), table("iocs", &["i\"oc"]), table("iocs", &[]), table("iocs", &["a", "a"])]
+        {
+            let err = bad.check().unwrap_err().to_string();
+            assert!(err.contains("Lookup Table Name"), "{err}");
+        }
+    }
+
     use super::*;
 
     fn options(vars: &[(&str, &str)]) -> Result<DevoOptions, crate::Error> {

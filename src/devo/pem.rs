@@ -1,5 +1,5 @@
-//! The PEM fields of the UI (certificate, private key, chain CA) and the lookup's names, checked before any
-//! connection so that every mistake names the field to fix. Key material never reaches an error or a log.
+//! The PEM fields of the UI (certificate, private key, chain CA), checked before any connection so that every
+//! mistake names the field to fix. Key material never reaches an error or a log.
 
 use rustls::RootCertStore;
 use rustls::sign::CertifiedKey;
@@ -9,7 +9,6 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::x509::AttributeTypeAndValue;
 
 use crate::connector::config::{ConfigError, SecretText};
-use crate::devo::Table;
 
 /// A certificate closer than this to its end is reported as a warning.
 const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -113,36 +112,9 @@ fn first_text<'a, 'b: 'a>(mut attributes: impl Iterator<Item = &'a AttributeType
     attributes.find_map(|a| a.as_str().ok().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned))
 }
 
-/// Lookup and column names go unescaped into syslog tags and the headers JSON: `^[A-Za-z0-9_]+$`, columns unique.
-pub fn check_table(table: &Table) -> Result<(), ConfigError> {
-    let valid = |name: &str| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid(&table.name) {
-        return Err(ConfigError::invalid(
-            "lookup_table_name",
-            format!("{:?} may hold only letters A-Z a-z, digits and underscores", table.name),
-        ));
-    }
-    if table.columns.is_empty() {
-        return Err(ConfigError::invalid("lookup_table_name", "the lookup has no columns"));
-    }
-    for (i, column) in table.columns.iter().enumerate() {
-        if !valid(&column.name) {
-            return Err(ConfigError::invalid(
-                "lookup_table_name",
-                format!("column {:?} may hold only letters A-Z a-z, digits and underscores", column.name),
-            ));
-        }
-        if table.columns[..i].iter().any(|c| c.name == column.name) {
-            return Err(ConfigError::invalid("lookup_table_name", format!("column {:?} appears twice", column.name)));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devo::{Column, ColumnType};
     use crate::sandbox::certs::TestCa;
 
     #[test]
@@ -152,19 +124,5 @@ mod tests {
         // The CA has no O: its CN stands in.
         assert_eq!(domain_from_certificate(&ca.cert_pem()).as_deref(), Some("Devo Test CA"));
         assert_eq!(domain_from_certificate("not pem"), None);
-    }
-
-    #[test]
-    fn names_must_fit_syslog_tags_and_json() {
-        let table = |name: &str, cols: &[&str]| Table {
-            name: name.into(),
-            columns: cols.iter().map(|c| Column { name: (*c).into(), ty: ColumnType::Str }).collect(),
-        };
-        assert!(check_table(&table("iocs_1", &["ioc", "type"])).is_ok());
-        for bad in [table("io cs", &["ioc"]), table("iocs", &["i\"oc"]), table("iocs", &[]), table("iocs", &["a", "a"])]
-        {
-            let err = check_table(&bad).unwrap_err().to_string();
-            assert!(err.contains("Lookup Table Name"), "{err}");
-        }
     }
 }

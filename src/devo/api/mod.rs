@@ -317,6 +317,7 @@ impl LookupsApiUploader {
 #[async_trait]
 impl Uploader for LookupsApiUploader {
     async fn deliver(&self, table: &Table, delivery: Delivery<'_>) -> Result<Receipt, Error> {
+        table.check()?;
         let exists = self.get_json("reading the lookup", &self.url(table, &[])).await?.is_some();
         let deployed = match delivery {
             Delivery::Full(rows) => vec![self.deploy(table, DeployMode::Replace, !exists, rows).await?],

@@ -296,7 +296,7 @@ impl RelayUploader {
 #[async_trait]
 impl devo::Uploader for RelayUploader {
     async fn deliver(&self, table: &Table, delivery: Delivery<'_>) -> Result<Receipt, devo::Error> {
-        pem::check_table(table)?;
+        table.check()?;
         let (action, upserts, deletes) = match delivery {
             Delivery::Full(rows) => (Action::Full, rows, None),
             Delivery::Changes { upserts, deletes } => (Action::Inc, upserts, Some(deletes)),
