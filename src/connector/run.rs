@@ -133,7 +133,10 @@ async fn run_inner(mut ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Ou
         return Ok(Outcome::Synced(summary));
     }
     tell(&mut ctx, false, &summary.line())?;
-    client.report_run(record.id, Utc::now(), summary.unique).await?;
+    // The lookup is delivered and the state saved: a report ThreatQ refuses does not undo that.
+    if let Err(e) = client.report_run(record.id, Utc::now(), summary.unique).await {
+        tracing::warn!("the run succeeded, but ThreatQ refused its report (last_import_at/count): {e}");
+    }
     Ok(Outcome::Synced(summary))
 }
 
