@@ -33,7 +33,7 @@ async fn run_once(dir: &std::path::Path, env: &HashMap<String, String>) -> Outco
 }
 #[path = "support/rss.rs"]
 mod rss;
-use rss::status_mib;
+use rss::{reset_peak, status_mib};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     stage.threatq.set_active("bench", true);
 
     let rss_before = status_mib("VmRSS:");
+    reset_peak();
     let started = Instant::now();
     let Outcome::Synced(full) = run_once(work.path(), &env).await else { panic!("not synced") };
     let seconds = started.elapsed().as_secs_f64();
@@ -58,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         full.unique,
         full.fetched as f64 / seconds
     );
-    println!("RSS before the run: {rss_before:.1} MiB; peak (VmHWM) after it: {:.1} MiB", status_mib("VmHWM:"));
+    println!("RSS before the run: {rss_before:.1} MiB; peak (VmHWM) during it: {:.1} MiB", status_mib("VmHWM:"));
     let state = std::fs::metadata(work.path().join("bench.state"))?.len();
     println!(
         "state file: {:.1} MiB ({:.0} bytes per IOC)",
@@ -76,6 +77,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
     stage.devo_api.clear_requests();
+    let rss_before = status_mib("VmRSS:");
+    reset_peak();
     let started = Instant::now();
     let Outcome::Synced(inc) = run_once(work.path(), &env).await else { panic!("not synced") };
     let seconds = started.elapsed().as_secs_f64();
@@ -89,6 +92,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         inc.deleted,
         100.0 * rows_sent as f64 / inc.unique.max(1) as f64
     );
-    println!("peak RSS (VmHWM), stand-ins included: {:.1} MiB", status_mib("VmHWM:"));
+    println!("RSS before the run: {rss_before:.1} MiB; peak (VmHWM) during it: {:.1} MiB", status_mib("VmHWM:"));
     Ok(())
 }

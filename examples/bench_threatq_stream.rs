@@ -14,7 +14,7 @@ use tqdevo::threatq::{Client, ClientOptions};
 
 #[path = "support/rss.rs"]
 mod rss;
-use rss::status_mib;
+use rss::{reset_peak, status_mib};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let collection = client.find_collection("Everything").await?;
 
     let rss_start = status_mib("VmRSS:");
+    reset_peak();
     let started = Instant::now();
     let (mut seen, mut bytes_of_values, mut rss_100k) = (0u64, 0usize, None);
     let mut pages = std::pin::pin!(client.indicators(&collection, page_size));
@@ -59,6 +60,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("RSS after 100k:    {rss:.1} MiB");
     }
     println!("RSS after {seen}: {rss_end:.1} MiB");
-    println!("peak RSS (VmHWM):  {:.1} MiB (stand-in and client together)", status_mib("VmHWM:"));
+    println!("peak RSS while paging (VmHWM): {:.1} MiB (stand-in and client together)", status_mib("VmHWM:"));
     Ok(())
 }

@@ -9,3 +9,8 @@ pub fn status_mib(field: &str) -> f64 {
         .unwrap_or(0.0);
     kb / 1024.0
 }
+
+/// Starts a new peak: Linux resets VmHWM to the current RSS when "5" is written to `clear_refs`.
+pub fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
