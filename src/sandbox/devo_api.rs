@@ -24,13 +24,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json};
-use axum_server::tls_rustls::RustlsConfig;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::certs::TestCa;
+use super::https::HttpsServer;
 
 /// The token the stand-in accepts unless told otherwise.
 pub const DEFAULT_TOKEN: &str = "sandbox-devo-api-token";
@@ -79,13 +78,6 @@ impl Builder {
     }
 
     pub async fn start(self) -> io::Result<LookupsApiStandIn> {
-        crate::init_tls();
-        let ca = TestCa::new("Devo Lookups API stand-in CA");
-        let server_cert = ca.server(&[]);
-        let tls = RustlsConfig::from_pem(server_cert.cert_pem.into_bytes(), server_cert.key_pem.into_bytes()).await?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Mutex::new(StandInState {
             token: self.token,
             running_polls: self.running_polls,
@@ -93,30 +85,15 @@ impl Builder {
             job_id_in_response: true,
             ..StandInState::default()
         }));
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = server.serve(app.into_make_service()).await {
-                tracing::error!("the Lookups API stand-in stopped: {e}");
-            }
-        });
-        Ok(LookupsApiStandIn { addr, ca_pem: ca.cert_pem(), shared, handle })
+        let server = HttpsServer::start("Devo Lookups API stand-in", self.port, router(shared.clone())).await?;
+        Ok(LookupsApiStandIn { server, shared })
     }
 }
 
 /// The running stand-in; it stops when dropped.
 pub struct LookupsApiStandIn {
-    addr: SocketAddr,
-    ca_pem: String,
+    server: HttpsServer,
     shared: Shared,
-    handle: axum_server::Handle<SocketAddr>,
-}
-
-impl Drop for LookupsApiStandIn {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-    }
 }
 
 impl LookupsApiStandIn {
@@ -131,16 +108,16 @@ impl LookupsApiStandIn {
 
     /// The API root, `https://127.0.0.1:PORT/lookup-api`.
     pub fn base_url(&self) -> String {
-        format!("https://{}/lookup-api", self.addr)
+        format!("https://{}/lookup-api", self.server.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The PEM CA that signed the server certificate (what `DEVO_CA_FILE` would hold).
     pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
+        self.server.ca_pem()
     }
 
     fn state(&self) -> MutexGuard<'_, StandInState> {

@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod devo_api;
+mod https;
 pub mod relay;
 pub mod stage;
 pub mod threatq;

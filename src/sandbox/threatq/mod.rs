@@ -11,7 +11,6 @@ mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,14 +22,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Map, Value, json};
 
 use self::filter::Filter;
 pub use self::generate::Generator;
 use self::store::Store;
-use super::certs::TestCa;
+use super::https::HttpsServer;
 use crate::threatq::parse_is_active;
 
 pub const DEFAULT_CLIENT_ID: &str = "tqdevo-sandbox-client";
@@ -161,38 +158,14 @@ fn lock(shared: &Shared) -> MutexGuard<'_, StandInState> {
 
 /// A running stand-in; stops when dropped.
 pub struct ThreatqStandIn {
-    addr: SocketAddr,
-    ca_pem: String,
+    server: HttpsServer,
     shared: Shared,
-    handle: axum_server::Handle<SocketAddr>,
-}
-
-impl Drop for ThreatqStandIn {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-    }
 }
 
 impl ThreatqStandIn {
     /// Binds 127.0.0.1:`options.port` and serves HTTPS with a certificate from a fresh throwaway CA.
     pub async fn start(options: ThreatqOptions) -> io::Result<ThreatqStandIn> {
-        let ca = TestCa::new("tqdevo ThreatQ stand-in CA");
-        let server = ca.server(&[]);
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(io::Error::other)?;
-        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).map_err(io::Error::other)?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(io::Error::other)?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(io::Error::other)?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-
-        let listener = std::net::TcpListener::bind(("127.0.0.1", options.port))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let port = options.port;
         let shared: Shared = Arc::new(Mutex::new(StandInState {
             store: Store::new(options.seed, options.generated),
             options,
@@ -204,36 +177,27 @@ impl ThreatqStandIn {
             faults: Vec::new(),
             log: Vec::new(),
         }));
-        let handle = axum_server::Handle::new();
-        let server =
-            axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)))?
-                .handle(handle.clone());
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = server.serve(app.into_make_service()).await {
-                tracing::error!("ThreatQ stand-in stopped: {e}");
-            }
-        });
-        Ok(ThreatqStandIn { addr, ca_pem: ca.cert_pem(), shared, handle })
+        let server = HttpsServer::start("ThreatQ stand-in", port, router(shared.clone())).await?;
+        Ok(ThreatqStandIn { server, shared })
     }
 
     /// `https://127.0.0.1:PORT`
     pub fn base_url(&self) -> String {
-        format!("https://{}", self.addr)
+        format!("https://{}", self.server.addr())
     }
 
     /// `127.0.0.1:PORT`, as a user would type it into the ThreatQ Host prompt.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.server.addr().to_string()
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.addr().port()
     }
 
     /// The PEM of the CA that signed the server certificate (what `THREATQ_CA_FILE` would hold).
     pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
+        self.server.ca_pem()
     }
 
     fn state(&self) -> MutexGuard<'_, StandInState> {
