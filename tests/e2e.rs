@@ -229,6 +229,74 @@ fn setup_from_the_environment_registers_the_connector_and_keeps_the_password_pri
     assert_eq!(world.last_run()["status"], "configured");
 }
 
+/// A private D-Bus session bus with an unlocked gnome-keyring on it: the secret service of a desktop, here
+/// without one. Both daemons are stopped when it is dropped.
+struct SecretService {
+    bus_address: String,
+    pids: Vec<i32>,
+}
+
+impl SecretService {
+    fn start(home: &Path) -> SecretService {
+        let missing = "dbus-daemon and gnome-keyring-daemon are needed: run scripts/setup-test-deps";
+        let bus = std::process::Command::new("dbus-daemon")
+            .args(["--session", "--fork", "--print-address=1", "--print-pid=1"])
+            .output()
+            .expect(missing);
+        let printed = String::from_utf8_lossy(&bus.stdout).into_owned();
+        let mut lines = printed.lines();
+        let (Some(bus_address), Some(pid)) = (lines.next(), lines.next()) else {
+            panic!("dbus-daemon said {printed:?}")
+        };
+        let mut service =
+            SecretService { bus_address: bus_address.to_owned(), pids: vec![pid.trim().parse().unwrap()] };
+        let mut keyring = std::process::Command::new("gnome-keyring-daemon")
+            .args(["--unlock", "--components=secrets", "--daemonize"])
+            .env("DBUS_SESSION_BUS_ADDRESS", &service.bus_address)
+            .env("HOME", home)
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_RUNTIME_DIR", home)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect(missing);
+        // The login keyring's password, on stdin; the daemon prints its environment and forks.
+        std::io::Write::write_all(&mut keyring.stdin.take().unwrap(), b"e2e-unlock").unwrap();
+        let output = keyring.wait_with_output().unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout);
+        service.pids.extend(printed.lines().filter_map(|l| l.strip_prefix("GNOME_KEYRING_PID=")?.parse::<i32>().ok()));
+        service
+    }
+}
+
+impl Drop for SecretService {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+/// Where a secret service answers, the password goes to the OS keyring, not to a file, and a later run signs in
+/// with it (no THREATQ_PASSWORD, no secrets file).
+#[test]
+fn with_a_secret_service_the_password_lives_in_the_os_keyring() {
+    let world = World::new();
+    let service = SecretService::start(world.dir.path());
+    let mut env = world.env();
+    env.remove("TQ_SECRETS_BACKEND");
+    env.insert("DBUS_SESSION_BUS_ADDRESS".into(), service.bus_address.clone());
+    world.command_with(&env).assert().success().stdout(contains("Connector configured. Set information in UI"));
+    assert!(!secrets::file_path(world.dir.path(), CONNECTOR_NAME).exists(), "no secrets file beside a keyring");
+    let config = std::fs::read_to_string(local::path(world.dir.path(), CONNECTOR_NAME)).unwrap();
+    assert!(config.contains("\"keyring\""), "{config}");
+
+    world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
+    env.remove("THREATQ_PASSWORD");
+    world.command_with(&env).assert().success().stdout(contains("full sync"));
+    world.command_with(&env).arg("doctor").assert().success().stdout(contains("keyring"));
+}
+
 #[test]
 fn setup_from_piped_answers_hides_the_password_and_later_runs_use_the_stored_one() {
     let world = World::new();
