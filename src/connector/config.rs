@@ -391,9 +391,9 @@ fn typed_value(field: &str, prop: &Value, raw: &str) -> Result<Value, ConfigErro
         }
         _ => {
             if let Some(pattern) = prop["pattern"].as_str() {
-                // The only pattern in the form is the lookup-name class; check it without a regex engine.
+                // The only pattern in the form is Devo's name rule; the Devo side owns its check.
                 debug_assert_eq!(pattern, r"^[A-Za-z0-9_]+$");
-                if !raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                if !crate::devo::is_valid_name(raw) {
                     return Err(ConfigError::invalid(
                         field,
                         format!("{} may hold only letters A-Z a-z, digits and underscores", shown(raw)),

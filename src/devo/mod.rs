@@ -32,20 +32,25 @@ pub struct Table {
     pub columns: Vec<Column>,
 }
 
+/// Devo's rule for lookup and column names, `^[A-Za-z0-9_]+$`: they go unescaped into syslog tags, the headers
+/// JSON and URLs.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 impl Table {
     /// Lookup and column names go unescaped into syslog tags, the headers JSON and URLs: `^[A-Za-z0-9_]+$`,
     /// columns unique. Errors name "Lookup Table Name", the only name a user chooses.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let valid = |name: &str| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         let invalid = |problem: String| ConfigError::invalid("lookup_table_name", problem);
-        if !valid(&self.name) {
+        if !is_valid_name(&self.name) {
             return Err(invalid(format!("{:?} may hold only letters A-Z a-z, digits and underscores", self.name)));
         }
         if self.columns.is_empty() {
             return Err(invalid("the lookup has no columns".into()));
         }
         for (i, column) in self.columns.iter().enumerate() {
-            if !valid(&column.name) {
+            if !is_valid_name(&column.name) {
                 return Err(invalid(format!(
                     "column {:?} may hold only letters A-Z a-z, digits and underscores",
                     column.name
