@@ -237,15 +237,11 @@ fn with(
 
 // ---------------------------------------------------------------------------------------------- golden bytes
 
-/// `shared/golden/devo-sdk-7.0.2`, beside the repository (the clone in CI, the main worktree) or further up.
+/// Bytes devo-sdk 7.0.2 wrote, kept in the repository with how they were made (`tests/fixtures/devo-sdk-7.0.2/
+/// cases.md`; `scripts/devo_capture/` captures more from the real SDK).
 fn golden(file: &str) -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = root
-        .ancestors()
-        .map(|a| a.join("shared/golden/devo-sdk-7.0.2"))
-        .find(|d| d.is_dir())
-        .expect("shared/golden/devo-sdk-7.0.2 beside the repository");
-    std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/devo-sdk-7.0.2").join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 const GOLDEN_TIME: f64 = 1700000000.123456;
