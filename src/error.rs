@@ -1,6 +1,54 @@
-//! The one error type the binary turns into an exit code and a message.
+//! The one error type the binary turns into an exit code and a message, and the one definition of the exit codes.
 
 use crate::{connector::config::ConfigError, devo, export, threatq};
+
+/// The documented exit codes. `Error::code`, the `--help` text and the README table come from (or are tested
+/// against) this list, so they cannot drift apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Done = 0,
+    Other = 1,
+    Usage = 2,
+    Config = 3,
+    ThreatQ = 4,
+    Devo = 5,
+    Locked = 6,
+    MassDelete = 7,
+}
+
+impl Exit {
+    pub const ALL: [Exit; 8] =
+        [Exit::Done, Exit::Other, Exit::Usage, Exit::Config, Exit::ThreatQ, Exit::Devo, Exit::Locked, Exit::MassDelete];
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// What the code means, as `--help` and the README's table say it.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Done => "done, or the connector is switched off in ThreatQ",
+            Exit::Other => "anything else (a file that cannot be written, a stopped run, ...)",
+            Exit::Usage => "usage: a flag or value on the command line is wrong",
+            Exit::Config => {
+                "invalid configuration: a UI field (a Devo token Devo refuses too), a local file or an environment \
+                 variable, CA bundles, certificates, keys and endpoints included; the message names it"
+            }
+            Exit::ThreatQ => "ThreatQ failed (unreachable, API error, unusable answer)",
+            Exit::Devo => "Devo failed (unreachable, upload refused)",
+            Exit::Locked => "another run holds the run lock",
+            Exit::MassDelete => "the mass-delete guard stopped the run (see --allow-mass-delete)",
+        }
+    }
+
+    /// The `Exit codes:` block of `--help`, one `  <code>  <meaning>` line each, in code order.
+    pub fn help() -> String {
+        let mut codes = Exit::ALL;
+        codes.sort_by_key(|e| e.code());
+        codes.iter().map(|e| format!("  {}  {}\n", e.code(), e.meaning())).collect()
+    }
+}
 
 /// Every way a run can end other than success, with the documented exit code of each.
 #[derive(Debug, thiserror::Error)]
@@ -30,20 +78,55 @@ pub enum Error {
 }
 
 impl Error {
+    /// Which documented exit code this error ends the run with. A value the user fixes (UI field, file,
+    /// variable: CA bundles, certificates, keys, endpoints) is [`Exit::Config`] whichever side found it.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Usage(_) => Exit::Usage,
+            Error::Config(_)
+            | Error::LocalConfig(_)
+            | Error::Devo(devo::Error::Config(_) | devo::Error::Tls(_))
+            | Error::ThreatQ(threatq::Error::Tls(_) | threatq::Error::Host { .. }) => Exit::Config,
+            Error::ThreatQ(_) => Exit::ThreatQ,
+            Error::Devo(_) => Exit::Devo,
+            Error::Locked { .. } | Error::LockHeld { .. } => Exit::Locked,
+            Error::Refused(_) => Exit::MassDelete,
+            Error::Other(_) | Error::Io { .. } | Error::Stopped(_) => Exit::Other,
+        }
+    }
+
     /// The documented exit code (README, "Exit codes").
     pub fn code(&self) -> u8 {
-        match self {
-            Error::Usage(_) => 2,
-            Error::Config(_) | Error::LocalConfig(_) | Error::Devo(devo::Error::Config(_)) => 3,
-            Error::ThreatQ(_) => 4,
-            Error::Devo(_) => 5,
-            Error::Locked { .. } | Error::LockHeld { .. } => 6,
-            Error::Refused(_) => 7,
-            Error::Other(_) | Error::Io { .. } | Error::Stopped(_) => 1,
-        }
+        self.exit().code()
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { context: context.into(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_codes_are_distinct_and_cover_0_to_7() {
+        let mut codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
+        codes.sort_unstable();
+        assert_eq!(codes, (0..=7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn trust_and_endpoint_mistakes_are_configuration_on_both_sides() {
+        let errors = [
+            Error::ThreatQ(threatq::Error::Tls("THREATQ_CA_FILE /x: no certificates".into())),
+            Error::ThreatQ(threatq::Error::Host { host: "[::1]8443".into(), problem: "bad".into() }),
+            Error::Devo(devo::Error::Tls("DEVO_CA_FILE: no certificates".into())),
+            Error::Devo(devo::Error::Config(ConfigError::invalid("devo_custom_endpoint", "bad"))),
+            Error::LocalConfig("DEVO_CA_FILE=/x: cannot read the CA file".into()),
+        ];
+        for error in errors {
+            assert_eq!(error.code(), 3, "{error}");
+        }
     }
 }

@@ -11,7 +11,7 @@ pub mod sandbox;
 pub mod threatq;
 mod tls;
 
-pub use error::Error;
+pub use error::{Error, Exit};
 
 /// Installs the process-wide TLS crypto provider (ring); every TLS user calls this first.
 pub fn init_tls() {

@@ -2,18 +2,25 @@
 
 use std::process::ExitCode;
 
-use tqdevo::connector::cli;
+use tqdevo::connector::{cli, logging};
 
 fn main() -> ExitCode {
     let invocation = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
-    let result =
-        invocation.start_logging().and_then(|_log| match invocation.run_local(&mut std::io::stdout().lock()) {
+    let result = invocation.start_logging().and_then(|_log| {
+        let result = match invocation.run_local(&mut std::io::stdout().lock()) {
             Some(result) => result,
             None => tqdevo::connector::run::execute(&invocation),
-        });
+        };
+        // The log file records failures too, while its writer (`_log`) is still alive to flush the line.
+        if let Err(e) = &result {
+            tracing::error!(target: logging::RECORD, exit_code = e.code(), "{e}");
+        }
+        result
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // On stderr too: cron mails what a job prints there.
             eprintln!("error: {e}");
             ExitCode::from(e.code())
         }

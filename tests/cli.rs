@@ -149,3 +149,32 @@ fn logs_go_to_a_daily_file_per_instance() {
         std::fs::read_dir(&quiet).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
     assert!(!quiet_text.contains("started"), "{quiet_text}");
 }
+
+/// `--help` and the README's table say what [`Exit`] says, code for code.
+#[test]
+fn help_and_readme_give_the_exit_codes_of_the_one_definition() {
+    use tqdevo::Exit;
+    let dir = tempfile::tempdir().unwrap();
+    let help = bin(dir.path()).arg("--help").assert().success();
+    let help = String::from_utf8_lossy(&help.get_output().stdout).into_owned();
+    // clap may wrap long lines; compare with whitespace collapsed.
+    let flat = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let readme = repo_file("README.md");
+    let table = readme.split("### Exit codes").nth(1).expect("README has an Exit codes section");
+    let rows: Vec<(u8, String)> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("| code"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            (cells[0].parse().unwrap(), cells[1].replace('`', ""))
+        })
+        .collect();
+    assert_eq!(rows.len(), Exit::ALL.len(), "{rows:?}");
+    for exit in Exit::ALL {
+        assert!(flat(&help).contains(&flat(&format!("{}  {}", exit.code(), exit.meaning()))), "{exit:?} in --help");
+        let row = rows.iter().find(|(code, _)| *code == exit.code()).unwrap_or_else(|| panic!("{exit:?} in README"));
+        assert_eq!(row.1, exit.meaning().replace('`', ""), "README row for {exit:?}");
+    }
+}

@@ -91,6 +91,11 @@ impl World {
 
     /// The binary with only `env` (plus PATH and HOME) as its environment: `-c <dir> -ll stdout --cron-dir <tmp>`.
     fn command_with(&self, env: &HashMap<String, String>) -> Command {
+        self.command_logging_to(env, Path::new("stdout"))
+    }
+
+    /// [`World::command_with`] with `-ll log`.
+    fn command_logging_to(&self, env: &HashMap<String, String>, log: &Path) -> Command {
         let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("tq-conn-devo-ioc-exporter");
         cmd.env_clear()
             .envs(env)
@@ -100,7 +105,9 @@ impl World {
             .timeout(COMMAND_TIMEOUT)
             .arg("-c")
             .arg(self.dir.path())
-            .args(["-ll", "stdout", "--cron-dir"])
+            .arg("-ll")
+            .arg(log)
+            .arg("--cron-dir")
             .arg(self.cron_dir.path());
         cmd
     }
@@ -580,4 +587,170 @@ fn demo_output() {
     ]}, {
         insta::assert_snapshot!(stdout);
     });
+}
+
+/// What a run added to the daily log files in `dir`, and the log text before it.
+struct LogFiles(std::path::PathBuf);
+
+impl LogFiles {
+    fn text(&self) -> String {
+        let mut files: Vec<_> = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect()
+    }
+}
+
+/// Runs `cmd`, which logs to `log`; returns (exit code, what it added to the log, stderr).
+fn recorded(mut cmd: Command, log: &LogFiles) -> (i32, String, String) {
+    let before = log.text();
+    let output = cmd.output().unwrap();
+    let after = log.text();
+    assert!(after.starts_with(&before), "the log only grows");
+    (
+        output.status.code().unwrap_or(-1),
+        after[before.len()..].to_owned(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
+}
+
+/// Issue 10, point 1: each outcome is in the log file (`-ll DIR`, at the default -v1), in `last-run.json`, and
+/// for failures on stderr, which cron mails.
+#[test]
+fn every_outcome_is_recorded_in_the_log_file_last_run_json_and_stderr() {
+    let world = World::new();
+    let logs = tempfile::tempdir().unwrap();
+    let log = LogFiles(logs.path().to_owned());
+    let run_env = |env: &HashMap<String, String>| world.command_logging_to(env, logs.path());
+    let run = || run_env(&world.env());
+    let check_ok = |(code, logged, stderr): (i32, String, String), status: &str, says: &str| {
+        assert_eq!(code, 0, "{logged}{stderr}");
+        assert!(logged.lines().any(|l| l.contains(" INFO ") && l.contains(says)), "{status}: {logged}");
+        assert!(!logged.contains("ERROR"), "{logged}");
+        assert_eq!(stderr, "", "cron mails nothing for {status}");
+        assert_eq!(world.last_run()["status"], status);
+    };
+    let check_failed = |(code, logged, stderr): (i32, String, String), expected: u8, says: &str| {
+        assert_eq!(code, i32::from(expected), "{logged}{stderr}");
+        let line = logged.lines().find(|l| l.contains(" ERROR ")).unwrap_or_else(|| panic!("no ERROR line: {logged}"));
+        assert!(line.contains(says) && line.contains(&format!("exit_code={expected}")), "{line}");
+        assert!(stderr.contains(says), "{stderr}");
+        let report = world.last_run();
+        assert_eq!((report["status"].as_str(), report["exit_code"].as_u64()), (Some("failed"), Some(expected.into())));
+        assert!(report["error"].as_str().unwrap().contains(says), "{report}");
+    };
+
+    check_ok(recorded(run(), &log), "configured", "Connector configured");
+    check_ok(recorded(run(), &log), "disabled", "disabled in ThreatQ");
+    world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
+    check_ok(recorded(run(), &log), "ok", "sync: fetched");
+
+    world.set_field("batch_size", "0");
+    check_failed(recorded(run(), &log), 3, "Batch Size");
+    world.set_field("batch_size", "250");
+    let mut wrong_password = world.env();
+    wrong_password.insert("THREATQ_PASSWORD".into(), "not-the-password".into());
+    check_failed(recorded(run_env(&wrong_password), &log), 4, "refused the sign-in");
+    world.stage.threatq.upsert_indicator(json!({"value": "record.example.net", "type": "FQDN", "status": "Active"}));
+    world.stage.devo_api.fail_next_job("the lookup quota is exhausted");
+    check_failed(recorded(run(), &log), 5, "the lookup quota is exhausted");
+    let guard = lock::acquire(world.dir.path(), CONNECTOR_NAME, Duration::from_secs(3600)).unwrap();
+    check_failed(recorded(run(), &log), 6, "holds the lock");
+    drop(guard);
+    // A state that cannot be replaced (a directory in its place) is neither side's fault: exit 1.
+    let state = run::state_path(world.dir.path(), CONNECTOR_NAME);
+    std::fs::remove_file(&state).ok();
+    std::fs::create_dir_all(state.join("in-the-way")).unwrap();
+    check_failed(recorded(run(), &log), 1, ".state");
+    std::fs::remove_dir_all(&state).unwrap();
+    check_ok(recorded(run(), &log), "ok", "sync: fetched");
+    world.stage.threatq.set_generated(IOCS / 4);
+    check_failed(recorded(run(), &log), 7, "Mass-Delete Guard");
+
+    // A usage error happens before the log or the config directory are known: stderr only, nothing else moves.
+    let report = world.last_run();
+    let mut usage = run();
+    usage.arg("--no-such-flag");
+    let (code, logged, stderr) = recorded(usage, &log);
+    assert_eq!((code, logged.as_str()), (2, ""));
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+    assert_eq!(world.last_run(), report);
+}
+
+/// Issue 10, point 1: a run stopped by SIGTERM says so in the log, in `last-run.json` (`"status": "stopped"`,
+/// the signal) and on stderr.
+#[test]
+fn a_stopped_run_is_recorded_as_stopped() {
+    let world = World::configured(UploadMethod::Relay);
+    let logs = tempfile::tempdir().unwrap();
+    let log = LogFiles(logs.path().to_owned());
+    let mut env = world.env();
+    // A long pause after START keeps the run inside its upload until the signal comes.
+    env.insert("DEVO_RELAY_DELAY_SECONDS".into(), "60".into());
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("tq-conn-devo-ioc-exporter"));
+    cmd.env_clear()
+        .envs(&env)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", world.dir.path())
+        .arg("-c")
+        .arg(world.dir.path())
+        .arg("-ll")
+        .arg(logs.path())
+        .arg("--cron-dir")
+        .arg(world.cron_dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // The run is in its upload once ThreatQ served the last page (of the stage's 250).
+    let last_page = format!("offset={}&", (world.collection(stage::COLLECTION).len() - 1) / 250 * 250);
+    world.stage.threatq.clear_requests();
+    let child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+    let served = || {
+        world.stage.threatq.requests().iter().any(|r| r.path.contains("/indicators") && r.query.contains(&last_page))
+    };
+    while !served() {
+        assert!(std::time::Instant::now() < deadline, "the run never read the last page");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    let logged = log.text();
+    assert!(logged.lines().any(|l| l.contains(" ERROR ") && l.contains("stopped by SIGTERM")), "{logged}");
+    let report = world.last_run();
+    assert_eq!((report["status"].as_str(), report["signal"].as_str()), (Some("stopped"), Some("SIGTERM")), "{report}");
+    assert_eq!(world.lookup(UploadMethod::Relay), None, "the stopped upload applied nothing");
+}
+
+/// Issue 10, point 7: a config directory or secrets file others may write is refused (exit 3, with the `chmod`),
+/// and symbolic links planted for the lock, the state and the pending mark are never written through.
+#[test]
+fn local_files_hold_their_ground() {
+    let world = World::configured(UploadMethod::LookupsApi);
+    let dir = world.dir.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+    world.run().assert().code(3).stderr(contains(format!("chmod go-w {}", dir.display())));
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secrets = secrets::file_path(dir, CONNECTOR_NAME);
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o666)).unwrap();
+    world.run().assert().code(3).stderr(contains(format!("chmod go-w {}", secrets.display())));
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), None, "the refused runs sent nothing");
+
+    let victim = world._files.path().join("victim");
+    std::fs::write(&victim, "not the connector's").unwrap();
+    let lock_file = lock::path(dir, CONNECTOR_NAME);
+    std::fs::remove_file(&lock_file).ok();
+    std::os::unix::fs::symlink(&victim, &lock_file).unwrap();
+    world.run().assert().code(3).stderr(contains("is a symbolic link"));
+    std::fs::remove_file(&lock_file).unwrap();
+
+    let state = run::state_path(dir, CONNECTOR_NAME);
+    std::os::unix::fs::symlink(&victim, &state).unwrap();
+    world.run().assert().success();
+    assert!(!std::fs::symlink_metadata(&state).unwrap().file_type().is_symlink(), "the state replaced the link");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not the connector's");
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
 }

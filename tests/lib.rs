@@ -3,6 +3,7 @@
 
 mod cli;
 mod e2e;
+mod faults;
 mod lookups_api;
 mod mapping;
 mod relay;

@@ -26,19 +26,19 @@ use tqdevo::threatq::{self, Indicator};
 const TQ_HOSTNAME: &str = "threatq.example.com";
 
 /// Fails the test instead of hanging it.
-async fn bounded<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+pub(crate) async fn bounded<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(120), work).await.unwrap_or_else(|_| panic!("{what} took over 120 s"))
 }
 
 /// The stand-ins, a config directory and the environment a user would set.
-struct World {
-    dir: tempfile::TempDir,
-    stage: Stage,
-    env: HashMap<String, String>,
+pub(crate) struct World {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) stage: Stage,
+    pub(crate) env: HashMap<String, String>,
 }
 
 impl World {
-    async fn start(iocs: u64) -> World {
+    pub(crate) async fn start(iocs: u64) -> World {
         let dir = tempfile::tempdir().unwrap();
         let stage = Stage::start(iocs, Ports::default(), &dir.path().join("files")).await.unwrap();
         let mut env = stage.env();
@@ -47,20 +47,20 @@ impl World {
         World { dir, stage, env }
     }
 
-    fn config_dir(&self) -> PathBuf {
+    pub(crate) fn config_dir(&self) -> PathBuf {
         self.dir.path().join("config")
     }
 
-    fn state_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn state_path(&self, name: &str) -> PathBuf {
         run::state_path(&self.config_dir(), name)
     }
 
-    fn state_bytes(&self, name: &str) -> Option<Vec<u8>> {
+    pub(crate) fn state_bytes(&self, name: &str) -> Option<Vec<u8>> {
         std::fs::read(self.state_path(name)).ok()
     }
 
     /// One run through the library, as cron would start it.
-    async fn run(&self, name: &str, dry_run: bool) -> (Result<Outcome, Error>, String) {
+    pub(crate) async fn run(&self, name: &str, dry_run: bool) -> (Result<Outcome, Error>, String) {
         let lookup = |key: &str| self.env.get(key).cloned();
         let mut no_input = LinePrompter::new(std::io::empty(), Vec::new());
         let mut out = Vec::new();
@@ -80,7 +80,7 @@ impl World {
     }
 
     /// A run that must sync.
-    async fn synced(&self, name: &str) -> Summary {
+    pub(crate) async fn synced(&self, name: &str) -> Summary {
         match self.run(name, false).await {
             (Ok(Outcome::Synced(summary)), _) => summary,
             (other, out) => panic!("{name}: expected a sync, got {other:?}; output: {out}"),
@@ -88,7 +88,7 @@ impl World {
     }
 
     /// The first run registers the instance; then the user fills the UI form and turns the toggle on.
-    async fn configure(&self, name: &str, method: UploadMethod, lookup: &str, extra: &[(&str, &str)]) {
+    pub(crate) async fn configure(&self, name: &str, method: UploadMethod, lookup: &str, extra: &[(&str, &str)]) {
         assert!(matches!(self.run(name, false).await.0, Ok(Outcome::Configured)));
         self.set_fields(name, method, lookup, extra);
         assert!(self.stage.threatq.set_active(name, true));
@@ -100,12 +100,12 @@ impl World {
         assert!(self.stage.threatq.set_custom_fields(name, fields));
     }
 
-    fn lookup(&self, method: UploadMethod, lookup: &str) -> Vec<Row> {
+    pub(crate) fn lookup(&self, method: UploadMethod, lookup: &str) -> Vec<Row> {
         self.stage.lookup(method, lookup).unwrap_or_default()
     }
 
     /// The collection as ThreatQ serves it, read by the client with no fault armed.
-    async fn collection(&self) -> Vec<Indicator> {
+    pub(crate) async fn collection(&self) -> Vec<Indicator> {
         let options = threatq::ClientOptions {
             host: self.stage.threatq.host(),
             client_id: self.env["THREATQ_CLIENT_ID"].clone(),
@@ -123,7 +123,7 @@ impl World {
 
 /// The rows the lookup must hold for `collection` (ThreatQ's id order): the mapping, then the duplicate rule
 /// written plainly: per value, the highest score, then the newest `updated_at`, then the lowest id.
-fn expected_rows(collection: &[Indicator]) -> Vec<Row> {
+pub(crate) fn expected_rows(collection: &[Indicator]) -> Vec<Row> {
     let mut by_value: BTreeMap<String, Vec<&Indicator>> = BTreeMap::new();
     for ioc in collection {
         by_value.entry(ioc.value.clone()).or_default().push(ioc);
@@ -564,7 +564,7 @@ async fn a_corrupt_or_missing_state_means_a_full_replace_never_a_crash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_due_resync_or_a_changed_lookup_method_or_endpoint_means_a_full_replace() {
+async fn a_due_resync_a_changed_target_or_the_clock_jumping_back_means_a_full_replace() {
     use tqdevo::connector::config::parse_custom_fields;
     use tqdevo::connector::sync::{SyncOptions, sync};
     use tqdevo::devo::{DevoOptions, uploader};
@@ -594,6 +594,12 @@ async fn a_due_resync_or_a_changed_lookup_method_or_endpoint_means_a_full_replac
     assert_eq!(action(sync_at(api.clone(), 23).await), incremental);
     assert_eq!(action(sync_at(api.clone(), 24).await), full("the periodic full resync is due"));
     assert_eq!(action(sync_at(api.clone(), 47).await), incremental, "the resync clock restarted");
+    // The clock jumps three days back: waiting for it to pass the last full replace again would stall the resync
+    // for three days, so the resync is due at once and its timer restarts from the new time.
+    assert_eq!(action(sync_at(api.clone(), -72).await), full("the periodic full resync is due"));
+    assert_eq!(action(sync_at(api.clone(), -71).await), incremental, "the resync timer restarted");
+    assert_eq!(action(sync_at(api.clone(), -48).await), full("the periodic full resync is due"), "and runs on");
+    assert_eq!(action(sync_at(api.clone(), 47).await), full("the periodic full resync is due"));
 
     let changed_target = full("the lookup or its Devo target changed");
     let mut renamed = api.clone();
@@ -604,8 +610,13 @@ async fn a_due_resync_or_a_changed_lookup_method_or_endpoint_means_a_full_replac
     let by_name = other_endpoint["devo_custom_endpoint"].replace("127.0.0.1", "localhost");
     other_endpoint.insert("devo_custom_endpoint".into(), by_name);
     assert_eq!(action(sync_at(other_endpoint.clone(), 47).await), changed_target);
-    assert_eq!(action(sync_at(other_endpoint, 47).await), incremental);
+    assert_eq!(action(sync_at(other_endpoint.clone(), 47).await), incremental);
     assert_eq!(world.lookup(UploadMethod::LookupsApi, "resync_renamed"), expected_rows(&collection));
+    let mut other_domain = other_endpoint;
+    other_domain.insert("devo_domain".into(), "another_domain".into());
+    assert_eq!(action(sync_at(other_domain.clone(), 47).await), changed_target);
+    assert_eq!(action(sync_at(other_domain, 47).await), incremental, "nothing else changed");
+    assert_eq!(world.stage.devo_api.table("another_domain", "resync_renamed"), Some(expected_rows(&collection)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -754,22 +765,37 @@ async fn sigkill_at_random_points_never_leaves_a_partial_lookup_and_the_next_run
         }
         bad
     };
+    // Each kill lands at a random point after ThreatQ served the run's first page; it was mid-way when the run
+    // had not written its state yet. Without enough of those the test would prove nothing.
+    const ROUNDS: u64 = 10;
+    const MID_WAY_AT_LEAST: u32 = 5;
     let killer = async {
-        let mut killed = 0;
-        for round in 0..10u64 {
+        let mut mid_way = 0;
+        for round in 0..ROUNDS {
             edit_scores(&world, (round * 300 + 1)..=(round * 300 + 300), 3);
             let (name, _, _) = instances[(round % 2) as usize];
+            let state = world.state_bytes(name);
+            world.stage.threatq.clear_requests();
             let mut child = spawn_binary(&world, name, &[]);
-            // A whole run of 3,000 IOCs takes under a second here; most kills land inside it.
-            let wait = rand::rng().random_range(0..700);
+            bounded("the run's first page", async {
+                while !world.stage.threatq.requests().iter().any(|r| r.path.contains("/indicators")) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await;
+            // A whole run of 3,000 IOCs takes well under a second here.
+            let wait = rand::rng().random_range(0..250);
             tokio::time::sleep(Duration::from_millis(wait)).await;
             signal(&child, nix::sys::signal::Signal::SIGKILL);
-            killed += u32::from(exit_of(&mut child).await.code().is_none());
+            let killed = exit_of(&mut child).await.code().is_none();
+            mid_way += u32::from(killed && world.state_bytes(name) == state);
         }
-        eprintln!("SIGKILL landed inside {killed} of 10 runs");
+        eprintln!("SIGKILL landed between the first page and the state write in {mid_way} of {ROUNDS} runs");
         watching.store(false, Ordering::Relaxed);
+        mid_way
     };
-    let (bad, ()) = tokio::join!(sampler, killer);
+    let (bad, mid_way) = tokio::join!(sampler, killer);
+    assert!(mid_way >= MID_WAY_AT_LEAST, "only {mid_way} of {ROUNDS} kills landed mid-way");
     assert!(bad.is_empty(), "a stand-in held a partial lookup: {bad:?}");
 
     let expected = expected_rows(&world.collection().await);

@@ -466,7 +466,7 @@ async fn tls_is_verified_unless_explicitly_turned_off() {
     options.ca_file = None;
     let untrusted = Client::with_policy(options.clone(), fast_policy()).unwrap();
     let error = within(untrusted.sign_in()).await.expect_err("unknown CA refused");
-    assert!(matches!(&error, Error::Transport { detail, .. } if detail.contains("certificate")), "{error:?}");
+    assert!(matches!(&error, Error::Tls(detail) if detail.contains("certificate")), "{error:?}");
     assert!(env.tq.requests().is_empty(), "no request crossed the refused handshake");
 
     options.tls_verify = false;

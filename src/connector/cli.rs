@@ -34,7 +34,7 @@ Examples:
 
 See --help for the exit codes and environment variables.";
 
-const AFTER_LONG_HELP: &str = "\
+const AFTER_LONG_HELP_EXAMPLES: &str = "\
 Examples:
   First run, then every run (same command):
     tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll /var/log/tq_labs/ -v3
@@ -45,19 +45,10 @@ Examples:
   Show the plan without uploading:
     tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll stdout -v2 --dry-run
   Check this host's setup:
-    tq-conn-devo-ioc-exporter -c /etc/tq_labs/ doctor
+    tq-conn-devo-ioc-exporter -c /etc/tq_labs/ doctor";
 
-Exit codes:
-  0  done, or the connector is switched off in ThreatQ
-  1  anything else (a file that cannot be written, ...)
-  2  usage: a flag or value on the command line is wrong
-  3  invalid configuration: a UI field in ThreatQ (a Devo token Devo refuses too), a local file or an
-     environment variable
-  4  ThreatQ failed (sign-in, connection, API error)
-  5  Devo failed (connection, upload refused)
-  6  another run holds the run lock
-  7  the mass-delete guard stopped the run (see --allow-mass-delete)
-
+/// The end of `--help`, after the exit codes (which come from [`crate::Exit`]).
+const AFTER_LONG_HELP_ENV: &str = "\
 Environment:
   THREATQ_HOST, THREATQ_CLIENT_ID, THREATQ_USERNAME, THREATQ_PASSWORD, THREATQ_STATUS
       answer the setup prompts without asking. A blank host at setup means THREATQ_HOST is read at every
@@ -71,6 +62,10 @@ Environment:
   TQ_SECRETS_BACKEND   file or keyring: where the ThreatQ password is stored (default: the OS keyring when one
                        answers, else an owner-only file in the -c directory)";
 
+fn after_long_help() -> String {
+    format!("{AFTER_LONG_HELP_EXAMPLES}\n\nExit codes:\n{}\n{AFTER_LONG_HELP_ENV}", crate::Exit::help())
+}
+
 /// The flags as typed (after `-ll` became `--loglocation`).
 #[derive(Debug, Parser)]
 #[command(
@@ -79,7 +74,7 @@ Environment:
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_help = AFTER_HELP,
-    after_long_help = AFTER_LONG_HELP,
+    after_long_help = after_long_help(),
 )]
 pub struct RawArgs {
     /// Write the log to DIR (one file per instance and day) or to stdout. Short form: -ll DIR

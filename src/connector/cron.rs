@@ -112,12 +112,44 @@ pub fn install(cron_dir: &Path, name: &str, job: &Job) -> Result<Outcome, Error>
 }
 
 /// Enables the commented-out line written by [`install`]; `false` if there is no such file or it was already on.
+/// A file that is not the one line [`install`] wrote, or that cannot be rewritten, is an error: the job would
+/// never run, and the caller logs that (the run itself goes on).
 pub fn activate(cron_dir: &Path, name: &str) -> Result<bool, Error> {
-    let path = path(cron_dir, name);
-    let Some(existing) = read(&path)? else { return Ok(false) };
-    let Some(enabled) = existing.strip_prefix('#') else { return Ok(false) };
-    write_atomically(&path, enabled.as_bytes(), 0o644)?;
+    let Some(enabled) = activation_check(cron_dir, name)? else { return Ok(false) };
+    write_atomically(&path(cron_dir, name), enabled.as_bytes(), 0o644)?;
     Ok(true)
+}
+
+/// Whether [`activate`] can enable the cron file, without changing it (for `doctor`): `Some(enabled text)` when
+/// the file holds the commented-out line and its directory is writable, `None` when there is nothing to do.
+pub fn activation_check(cron_dir: &Path, name: &str) -> Result<Option<String>, Error> {
+    let path = path(cron_dir, name);
+    let Some(existing) = read(&path)? else { return Ok(None) };
+    let Some(enabled) = existing.strip_prefix('#') else { return Ok(None) };
+    let edited = |why: &str| {
+        Error::Other(format!(
+            "the cron file {} {why}, so the job cannot be enabled; write it again with --cron SCHEDULE, or remove \
+             the # in front of the job line yourself",
+            path.display()
+        ))
+    };
+    if enabled.lines().count() != 1 || !enabled.ends_with('\n') {
+        return Err(edited("holds more than the one line --cron wrote (edited by hand?)"));
+    }
+    let fields: Vec<&str> = enabled.split_whitespace().collect();
+    let root_at = fields.iter().position(|f| *f == "root");
+    let schedule_ok = root_at.is_some_and(|at| fields[..at].join(" ").parse::<Schedule>().is_ok());
+    if !schedule_ok || !fields.windows(2).any(|w| w[0] == "-c") {
+        return Err(edited("is not the line --cron wrote (edited by hand?)"));
+    }
+    nix::unistd::access(cron_dir, nix::unistd::AccessFlags::W_OK).map_err(|e| {
+        Error::Other(format!(
+            "the cron file {} cannot be enabled: its directory is not writable ({e}); remove the # in front of \
+             the job line yourself",
+            path.display()
+        ))
+    })?;
+    Ok(Some(enabled.to_owned()))
 }
 
 /// The cron file as `doctor` shows it.
@@ -212,6 +244,22 @@ mod tests {
         let other = super::tests::job("@daily");
         assert_eq!(install(dir.path(), "tq-conn-devo-ioc-exporter", &other).unwrap(), Outcome::Written);
         assert!(std::fs::read_to_string(&file).unwrap().starts_with("#@daily root"));
+    }
+
+    #[test]
+    fn a_hand_edited_file_is_an_error_and_stays_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = path(dir.path(), "x");
+        let line = job("@daily").line();
+        for edited in [format!("#{line}\n#another line\n"), "# a note by the admin\n".to_owned(), format!("#{line}")] {
+            std::fs::write(&file, &edited).unwrap();
+            assert!(activation_check(dir.path(), "x").is_err(), "{edited:?}");
+            let err = activate(dir.path(), "x").unwrap_err().to_string();
+            assert!(err.contains("edited by hand") && err.contains("--cron"), "{err}");
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), edited);
+        }
+        std::fs::write(&file, format!("#{line}\n")).unwrap();
+        assert_eq!(activation_check(dir.path(), "x").unwrap(), Some(format!("{line}\n")));
     }
 
     #[test]

@@ -115,6 +115,48 @@ impl LocalConfig {
     }
 }
 
+/// `O_NOFOLLOW`: files of the config directory are opened without following a symbolic link planted in their
+/// place, so whoever can write that directory cannot make a run (often as root) write through to another file.
+/// (Temporary files are created with `O_EXCL` and renamed over the link, which follows nothing either.)
+pub(crate) const NO_FOLLOW: i32 = nix::libc::O_NOFOLLOW;
+
+/// Opens `path` (what: "the run lock", ...) with [`NO_FOLLOW`]; a symbolic link there is a mistake to fix (exit 3).
+pub(crate) fn open_no_follow(
+    options: &mut std::fs::OpenOptions,
+    path: &Path,
+    what: &str,
+) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    options.custom_flags(NO_FOLLOW).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(nix::libc::ELOOP) {
+            Error::LocalConfig(format!(
+                "{what} {} is a symbolic link, which a run never follows; remove it: rm {}",
+                path.display(),
+                path.display()
+            ))
+        } else {
+            Error::io(format!("opening {what} {}", path.display()), e)
+        }
+    })
+}
+
+/// Refuses, as ssh does, a config directory or secrets file that others may write (exit 3, with the `chmod`
+/// that fixes it): whoever can write there can swap the setup, the state or the password file.
+pub fn check_not_writable_by_others(path: &Path) -> Result<(), Error> {
+    let Ok(metadata) = std::fs::metadata(path) else { return Ok(()) };
+    let mode = metadata.permissions().mode();
+    if mode & 0o022 == 0 {
+        return Ok(());
+    }
+    Err(Error::LocalConfig(format!(
+        "{} is writable by {} (mode {:o}); run: chmod go-w {}",
+        path.display(),
+        if mode & 0o002 != 0 { "everyone" } else { "its group" },
+        mode & 0o7777,
+        path.display()
+    )))
+}
+
 /// Replaces `path` with `bytes` in one step (temporary file in the same directory, then rename), so a crash
 /// leaves the old or the new content, never half; the file has `mode` from its creation on.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
@@ -155,6 +197,38 @@ pub(crate) mod tests {
             status: "Review".into(),
             secrets: Backend::File,
         }
+    }
+
+    #[test]
+    fn files_others_may_write_are_refused_with_the_chmod_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_not_writable_by_others(dir.path()).is_ok());
+        assert!(check_not_writable_by_others(&dir.path().join("absent")).is_ok());
+        for (mode, who) in [(0o770, "its group"), (0o757, "everyone")] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = check_not_writable_by_others(dir.path()).unwrap_err();
+            assert_eq!(err.code(), 3);
+            let message = err.to_string();
+            assert!(
+                message.contains(who) && message.contains(&format!("chmod go-w {}", dir.path().display())),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_planted_symbolic_link_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        let planted = dir.path().join("x.lock");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let mut options = std::fs::File::options();
+        options.read(true).write(true).create(true).truncate(true);
+        let err = open_no_follow(&mut options, &planted, "the run lock").unwrap_err();
+        assert_eq!(err.code(), 3);
+        assert!(err.to_string().contains("is a symbolic link") && err.to_string().contains("rm "), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
     }
 
     #[test]

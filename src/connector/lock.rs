@@ -118,8 +118,9 @@ pub fn state(dir: &Path, name: &str) -> Result<LockState, Error> {
 /// `Ok(Ok(lock))` when taken, `Ok(Err(file))` when another process holds it.
 fn try_lock(path: &Path) -> Result<Result<Flock<File>, File>, Error> {
     let io = |e| Error::io(format!("opening the run lock {}", path.display()), e);
-    let file =
-        File::options().read(true).write(true).create(true).truncate(false).mode(0o644).open(path).map_err(io)?;
+    let mut options = File::options();
+    options.read(true).write(true).create(true).truncate(false).mode(0o644);
+    let file = super::local::open_no_follow(&mut options, path, "the run lock")?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(Ok(lock)),
         Err((file, Errno::EWOULDBLOCK)) => Ok(Err(file)),

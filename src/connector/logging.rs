@@ -8,6 +8,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::Error;
 
+/// The target of the line that records how a run ended (its summary, or its error and exit code): logged at every
+/// verbosity, so the log file always says how each run ended.
+pub const RECORD: &str = "tqdevo::record";
+
 /// Where log lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogTarget {
@@ -41,7 +45,9 @@ impl Verbosity {
             _ => "debug",
         };
         // Libraries below us are chatty at debug; their warnings still show.
-        EnvFilter::new(format!("{level},hyper=warn,hyper_util=warn,h2=warn,rustls=warn,reqwest=warn,zbus=warn"))
+        EnvFilter::new(format!(
+            "{level},{RECORD}=info,hyper=warn,hyper_util=warn,h2=warn,rustls=warn,reqwest=warn,zbus=warn"
+        ))
     }
 }
 
@@ -89,10 +95,41 @@ mod tests {
     }
 
     #[test]
-    fn verbosity_maps_to_levels() {
-        use tracing_subscriber::filter::LevelFilter;
-        assert_eq!(Verbosity::new(1).filter().max_level_hint(), Some(LevelFilter::WARN));
-        assert_eq!(Verbosity::new(2).filter().max_level_hint(), Some(LevelFilter::INFO));
-        assert_eq!(Verbosity::new(3).filter().max_level_hint(), Some(LevelFilter::DEBUG));
+    fn verbosity_maps_to_levels_and_the_record_passes_at_every_level() {
+        use std::sync::{Arc, Mutex};
+        for (level, shown) in [(1, ["WARN", "record"].as_slice()), (2, &["WARN", "record", "INFO"]), (3, &["DEBUG"])] {
+            let written = Arc::new(Mutex::new(Vec::new()));
+            let sink = written.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(Verbosity::new(level).filter())
+                .with_writer(move || SharedWriter(sink.clone()))
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::debug!("DEBUG line");
+                tracing::info!("INFO line");
+                tracing::warn!("WARN line");
+                tracing::info!(target: RECORD, "record line");
+            });
+            let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+            for line in ["DEBUG", "INFO", "WARN", "record"] {
+                assert_eq!(
+                    text.contains(&format!("{line} line")),
+                    shown.contains(&line) || level == 3,
+                    "-v{level}: {text}"
+                );
+            }
+        }
+    }
+
+    struct SharedWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }

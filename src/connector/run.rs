@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::config::{self, Settings};
 use super::local::{Env, LocalConfig};
+use super::logging::RECORD;
 use super::progress::Progress;
 use super::setup::{self, Prompter};
 use super::sync::{self, Summary, SyncOptions};
@@ -58,28 +59,43 @@ pub fn last_run_path(dir: &Path, name: &str) -> PathBuf {
     if name == config::CONNECTOR_NAME { dir.join("last-run.json") } else { dir.join(format!("{name}.last-run.json")) }
 }
 
-/// Runs once. Every outcome, failures too, is written to the last-run report.
+/// Runs once. Every outcome, failures too, is written to the last-run report and logged (see [`record`]).
 pub async fn run(ctx: RunContext<'_>) -> Result<Outcome, Error> {
     let started = Utc::now();
-    let (dir, name) = (ctx.dir.clone(), ctx.name.clone());
+    let (dir, name, logs_to_out) = (ctx.dir.clone(), ctx.name.clone(), ctx.logs_to_out);
     let result = run_inner(ctx, started).await;
-    let report = match &result {
+    if matches!(result, Ok(Outcome::Configured)) && !logs_to_out {
+        tracing::info!(target: RECORD, "{}", setup::CONFIGURED);
+    }
+    if !matches!(result, Ok(Outcome::Synced(Summary { dry_run: true, .. }))) {
+        record(&dir, &name, started, result.as_ref());
+    }
+    result
+}
+
+/// Writes the last-run report of the instance `name` in `dir`: `ok` with the summary, `disabled`, `configured`,
+/// `stopped` with the signal, or `failed` with the exit code and the message. A directory that is gone or cannot
+/// be written costs the report, not the run (the log and stderr still have the outcome).
+pub fn record(dir: &Path, name: &str, started: DateTime<Utc>, result: Result<&Outcome, &Error>) {
+    if !dir.is_dir() {
+        return;
+    }
+    let mut report = match result {
         Ok(Outcome::Synced(summary)) => json!({"status": "ok", "summary": summary}),
         Ok(Outcome::Disabled) => json!({"status": "disabled"}),
         Ok(Outcome::Configured) => json!({"status": "configured"}),
+        Err(e @ Error::Stopped(signal)) => {
+            json!({"status": "stopped", "signal": signal, "exit_code": e.code(), "error": e.to_string()})
+        }
         Err(e) => json!({"status": "failed", "exit_code": e.code(), "error": e.to_string()}),
     };
-    if !matches!(result, Ok(Outcome::Synced(Summary { dry_run: true, .. }))) && dir.is_dir() {
-        let mut report = report;
-        report["instance"] = json!(name);
-        report["started_at"] = json!(started.to_rfc3339());
-        report["finished_at"] = json!(Utc::now().to_rfc3339());
-        let path = last_run_path(&dir, &name);
-        if let Err(e) = super::local::write_atomically(&path, config::pretty_json(&report).as_bytes(), 0o600) {
-            tracing::warn!("could not write {}: {e}", path.display());
-        }
+    report["instance"] = json!(name);
+    report["started_at"] = json!(started.to_rfc3339());
+    report["finished_at"] = json!(Utc::now().to_rfc3339());
+    let path = last_run_path(dir, name);
+    if let Err(e) = super::local::write_atomically(&path, config::pretty_json(&report).as_bytes(), 0o600) {
+        tracing::warn!("could not write {}: {e}", path.display());
     }
-    result
 }
 
 async fn connect(options: crate::threatq::ClientOptions) -> Result<Client, crate::threatq::Error> {
@@ -89,6 +105,8 @@ async fn connect(options: crate::threatq::ClientOptions) -> Result<Client, crate
 }
 
 async fn run_inner(mut ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Outcome, Error> {
+    super::local::check_not_writable_by_others(&ctx.dir)?;
+    super::local::check_not_writable_by_others(&super::secrets::file_path(&ctx.dir, &ctx.name))?;
     let Some(local) = LocalConfig::load(&ctx.dir, &ctx.name)? else {
         setup::first_run(&ctx.dir, &ctx.name, ctx.prompter, ctx.env, |options| async move {
             connect(options).await.map(Box::new)
@@ -99,11 +117,7 @@ async fn run_inner(mut ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Ou
     let client = connect(local.options_for_run(&ctx.dir, ctx.env)?).await?;
     let record = client.ensure_registered(&config::definition(Some(&ctx.name))).await?;
     if !record.is_active {
-        tell(
-            &mut ctx,
-            true,
-            &format!("{}: disabled in ThreatQ; turn the toggle on in the integration page", record.name),
-        )?;
+        tell(&mut ctx, &format!("{}: disabled in ThreatQ; turn the toggle on in the integration page", record.name))?;
         return Ok(Outcome::Disabled);
     }
     for field in config::unknown_fields(&record.custom_fields) {
@@ -112,8 +126,11 @@ async fn run_inner(mut ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Ou
     let settings = config::parse_custom_fields(&record.custom_fields)?;
     let devo_options = DevoOptions::from_env(ctx.env)?;
     let uploader = devo::uploader(&settings.devo, &devo_options)?;
-    if cron::activate(&ctx.cron_dir, &ctx.name).unwrap_or(false) {
-        tracing::info!("configured in ThreatQ: the cron job is now enabled");
+    match cron::activate(&ctx.cron_dir, &ctx.name) {
+        Ok(true) => tracing::info!("configured in ThreatQ: the cron job is now enabled"),
+        Ok(false) => {}
+        // The export does not need cron; the log (and `doctor`) say why the job will not run on its own.
+        Err(e) => tracing::error!("configured in ThreatQ, but {e}"),
     }
 
     let _lock = if settings.allow_multiple_runs || ctx.dry_run {
@@ -132,7 +149,7 @@ async fn run_inner(mut ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Ou
         print_plan(ctx.out, &summary).map_err(|e| Error::io("writing to stdout", e))?;
         return Ok(Outcome::Synced(summary));
     }
-    tell(&mut ctx, false, &summary.line())?;
+    tell(&mut ctx, &summary.line())?;
     // The lookup is delivered and the state saved: a report ThreatQ refuses does not undo that.
     if let Err(e) = client.report_run(record.id, Utc::now(), summary.unique).await {
         tracing::warn!("the run succeeded, but ThreatQ refused its report (last_import_at/count): {e}");
@@ -140,17 +157,15 @@ async fn run_inner(mut ctx: RunContext<'_>, started: DateTime<Utc>) -> Result<Ou
     Ok(Outcome::Synced(summary))
 }
 
-/// A line the user should see: on `out` when the logs go there too or it is a terminal, and in the log
-/// otherwise, so that cron (which mails whatever a job prints) stays quiet.
-/// `warn` lines reach the log at every verbosity, the others from `-v2`.
-fn tell(ctx: &mut RunContext<'_>, warn: bool, line: &str) -> Result<(), Error> {
+/// The line that ends a run the user should see: on `out` when the logs go there too or it is a terminal, and in
+/// the log otherwise (at every verbosity: it is the run's record), so that cron, which mails whatever a job
+/// prints, stays quiet.
+fn tell(ctx: &mut RunContext<'_>, line: &str) -> Result<(), Error> {
     if ctx.logs_to_out || std::io::stdout().is_terminal() {
         writeln!(ctx.out, "{line}").map_err(|e| Error::io("writing to stdout", e))?;
     }
-    match (ctx.logs_to_out, warn) {
-        (true, _) => {}
-        (false, true) => tracing::warn!("{line}"),
-        (false, false) => tracing::info!("{line}"),
+    if !ctx.logs_to_out {
+        tracing::info!(target: RECORD, "{line}");
     }
     Ok(())
 }
@@ -227,13 +242,21 @@ pub fn execute(invocation: &super::cli::Invocation) -> Result<(), Error> {
                 }
             }
         };
+        let started = Utc::now();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
-        tokio::select! {
-            result = work => result,
-            _ = term.recv() => Err(Error::Stopped("SIGTERM")),
-            _ = tokio::signal::ctrl_c() => Err(Error::Stopped("SIGINT")),
+        let stopped = tokio::select! {
+            result = work => return result,
+            _ = term.recv() => Error::Stopped("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => Error::Stopped("SIGINT"),
+        };
+        // The run's own report was dropped with it; a stopped run is recorded as stopped.
+        if matches!(invocation.command, Command::Run) && !invocation.dry_run {
+            if let Ok(dir) = std::path::absolute(&invocation.config_dir) {
+                record(&dir, &invocation.name, started, Err(&stopped));
+            }
         }
+        Err(stopped)
     })
 }
 

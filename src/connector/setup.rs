@@ -197,6 +197,8 @@ pub fn doctor_lines(dir: &Path, name: &str, cron_dir: &Path, env: Env) -> Vec<St
     };
     lines.push(line("Run lock", lock));
     lines.push(line("Cron file", cron::describe(cron_dir, name)));
+    let activation = cron::activation_check(cron_dir, name).map_or_else(|e| format!("FAILED: {e}"), |_| "ok".into());
+    lines.push(line("Cron activation", activation));
     lines
 }
 

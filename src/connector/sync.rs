@@ -75,16 +75,7 @@ const PREVIEW_ROWS: usize = 5;
 
 /// Everything that gives the rows their meaning in Devo: a change means the state says nothing about the lookup.
 pub fn target_of(settings: &Settings, uploader: &dyn Uploader) -> ContentDigest {
-    let table = export::table(&settings.lookup_table_name);
-    let columns: Vec<String> = table.columns.iter().map(|c| format!("{}:{:?}", c.name, c.ty)).collect();
-    // The relay's domain is the certificate's; a new certificate may point at another domain's lookup.
-    let certificate_domain = settings.devo.certificate.as_deref().and_then(devo::pem::domain_from_certificate);
-    export::target_digest(&[
-        &table.name,
-        &columns.join(","),
-        &uploader.describe(),
-        certificate_domain.as_deref().unwrap_or_default(),
-    ])
+    export::target_digest(&uploader.target(), &export::table(&settings.lookup_table_name))
 }
 
 fn full_reason(
@@ -100,11 +91,15 @@ fn full_reason(
         Ok(_) if settings.sync_mode == SyncMode::Full => Some(FullReason::SyncModeFull),
         Ok(state) if state.target != target => Some(FullReason::TargetChanged),
         Ok(_) if pending => Some(FullReason::UnfinishedUpload),
-        Ok(state) if (now - state.last_full_at).to_std().unwrap_or_default() >= settings.full_resync_every => {
-            Some(FullReason::ResyncDue)
-        }
-        Ok(_) => None,
+        Ok(state) => resync_due(now - state.last_full_at, settings.full_resync_every).then_some(FullReason::ResyncDue),
     }
+}
+
+/// Whether a full resync is due `since` the last one. A last full replace well "in the future" means the clock went
+/// back: waiting for the clock to come round again would stall the resync for as long as the jump, so it is due
+/// now and its timer restarts. (A few minutes of skew, as NTP steps, are not a jump.)
+fn resync_due(since: chrono::TimeDelta, every: std::time::Duration) -> bool {
+    since < -chrono::TimeDelta::minutes(5) || since.to_std().unwrap_or_default() >= every
 }
 
 /// Runs one export of `pages` into the lookup of `settings` through `uploader`, keeping the state at `state_path`.

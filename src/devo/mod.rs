@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use crate::connector::config::{ConfigError, DevoSettings, UploadMethod};
 
 /// A column's type as Devo's lookups know it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum ColumnType {
     Str,
     Int,
@@ -19,7 +19,7 @@ pub enum ColumnType {
     Ip4,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Column {
     pub name: String,
     pub ty: ColumnType,
@@ -107,6 +107,17 @@ pub struct Receipt {
     pub reference: String,
 }
 
+/// Where an uploader's rows land. With the lookup's name and columns it is the identity of a delivered state
+/// (`export::target_digest`): when any part changes, the state says nothing about what Devo holds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Target {
+    pub method: UploadMethod,
+    /// The Lookups API root URL, or the relay's `host:port`.
+    pub endpoint: String,
+    /// The Devo domain that owns the lookup (the relay's: its certificate's subject).
+    pub domain: String,
+}
+
 /// Delivers lookups to Devo. `deliver` returns only once Devo has accepted the whole upload; on error the lookup
 /// is as it was before the call (never a truncated FULL).
 #[async_trait]
@@ -114,6 +125,8 @@ pub trait Uploader: Send + Sync {
     async fn deliver(&self, table: &Table, delivery: Delivery<'_>) -> Result<Receipt, Error>;
     /// Where the uploads go, for logs (no secrets).
     fn describe(&self) -> String;
+    /// Where the uploads go, as data (what the state's identity is made of; log wording stays free to change).
+    fn target(&self) -> Target;
 }
 
 /// Everything that can go wrong on the Devo side. Messages name the UI field or host to fix, never a secret.

@@ -9,12 +9,13 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::hash::BuildHasher;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
 use super::collect::{ContentDigest, DigestMap, KeyDigest, digest_key, digest_row};
-use crate::devo::{Row, RowSource};
+use crate::devo::{Row, RowSource, Table, Target};
 
 const MAGIC: &[u8; 12] = b"TQDEVO-STATE";
 const VERSION: u32 = 1;
@@ -55,9 +56,19 @@ impl<S: BuildHasher + Sync> KeySet for HashSet<KeyDigest, S> {
     }
 }
 
-/// A digest of everything that gives the rows their meaning in Devo; when it changes, a full replace is due.
-pub fn target_digest(parts: &[&str]) -> ContentDigest {
-    digest_row(&parts.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
+/// The identity of what a state describes, hashed: the upload method, endpoint and domain ([`Target`]), the
+/// lookup's name and its columns (names and types). When it changes, a full replace is due. Built from data, never
+/// from log wording, so rewording a message cannot force a full replace on every installation.
+pub fn target_digest(target: &Target, table: &Table) -> ContentDigest {
+    #[derive(serde::Serialize)]
+    struct Identity<'a> {
+        #[serde(flatten)]
+        target: &'a Target,
+        lookup: &'a str,
+        columns: &'a [crate::devo::Column],
+    }
+    let identity = Identity { target, lookup: &table.name, columns: &table.columns };
+    digest_row(&[serde_json::to_string(&identity).expect("plain data serializes")])
 }
 
 struct Header {
@@ -120,7 +131,8 @@ impl<R: Read> Checked<R> {
 }
 
 fn open(path: &Path) -> io::Result<(Checked<BufReader<File>>, Header)> {
-    let mut reader = Checked { inner: BufReader::new(File::open(path)?), hasher: blake3::Hasher::new() };
+    let file = File::options().read(true).custom_flags(crate::connector::local::NO_FOLLOW).open(path)?;
+    let mut reader = Checked { inner: BufReader::new(file), hasher: blake3::Hasher::new() };
     let header = reader.header()?;
     Ok((reader, header))
 }
@@ -178,7 +190,9 @@ impl State {
     /// lookup, since only then is a row that left the collection meanwhile sure to be deleted.
     pub fn begin_delivery(path: &Path) -> io::Result<()> {
         let marker = pending_path(path);
-        File::create(&marker)?.sync_all()?;
+        let mut options = File::options();
+        options.write(true).create(true).truncate(true).custom_flags(crate::connector::local::NO_FOLLOW);
+        options.open(&marker)?.sync_all()?;
         File::open(parent(path))?.sync_all()
     }
 
@@ -287,6 +301,42 @@ impl RowSource for Deletions<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each part of the identity, changed alone, changes the digest; the same parts give the same digest.
+    #[test]
+    fn the_target_identity_is_the_method_endpoint_domain_lookup_and_columns() {
+        use crate::connector::config::UploadMethod;
+        use crate::devo::{Column, ColumnType};
+        let target = Target {
+            method: UploadMethod::LookupsApi,
+            endpoint: "https://api-us.devo.com/lookup-api".into(),
+            domain: "acme".into(),
+        };
+        let table = crate::export::table("tq_iocs");
+        let base = target_digest(&target, &table);
+        assert_eq!(target_digest(&target.clone(), &table.clone()), base, "nothing changed: same identity");
+        let mut changed = Vec::new();
+        changed.push(("method", target_digest(&Target { method: UploadMethod::Relay, ..target.clone() }, &table)));
+        changed.push((
+            "endpoint",
+            target_digest(&Target { endpoint: "https://api-eu.devo.com/lookup-api".into(), ..target.clone() }, &table),
+        ));
+        changed.push(("domain", target_digest(&Target { domain: "acme_eu".into(), ..target.clone() }, &table)));
+        changed.push(("lookup", target_digest(&target, &Table { name: "tq_iocs2".into(), ..table.clone() })));
+        let mut renamed = table.clone();
+        renamed.columns[1].name = "type".into();
+        changed.push(("column name", target_digest(&target, &renamed)));
+        let mut retyped = table.clone();
+        retyped.columns[3].ty =
+            if retyped.columns[3].ty == ColumnType::Int { ColumnType::Float } else { ColumnType::Int };
+        changed.push(("column type", target_digest(&target, &retyped)));
+        let mut more = table.clone();
+        more.columns.push(Column { name: "extra".into(), ty: ColumnType::Str });
+        changed.push(("columns", target_digest(&target, &more)));
+        for (part, digest) in changed {
+            assert_ne!(digest, base, "changing the {part} changes the identity");
+        }
+    }
 
     fn rows(keys: &[&str]) -> Vec<Row> {
         keys.iter().map(|k| vec![(*k).to_owned(), format!("v-{k}")]).collect()

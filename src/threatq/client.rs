@@ -21,6 +21,9 @@ const QUERY_PATH: &str = "/api/indicators/query";
 const TOKEN_PATH: &str = "/api/token";
 /// The largest page the UI's Batch Size allows.
 const MAX_PAGE: u32 = 10_000;
+/// The longest indicator value exported: far above any real IOC, and within what one lookup row (a syslog line on
+/// the relay) carries.
+const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// Retry and timeout knobs. The defaults suit a real instance; tests shorten the backoff.
 #[derive(Clone, Debug)]
@@ -166,8 +169,13 @@ impl Client {
     ) -> impl Stream<Item = Result<Vec<Indicator>, Error>> + Send + use<'a> {
         let body = json!({"criteria": collection.criteria, "filters": collection.filters, "fields": FIELDS});
         let limit = page_size.clamp(1, MAX_PAGE).to_string();
-        futures::stream::try_unfold((body, Some(0u64)), move |(body, offset)| {
-            let limit = limit.clone();
+        let name = collection.name.clone();
+        // Offsets shift when the collection changes while it is read: a row would be read twice or, worse, never
+        // (and then deleted from the lookup). Pages come sorted by id, so a shift shows as an id not above the
+        // previous page's last, or as a `total` that moved; the run then fails and the next one reads it again.
+        let paging = Paging { total: None, last_id: None };
+        futures::stream::try_unfold((body, Some(0u64), paging), move |(body, offset, mut paging)| {
+            let (limit, name) = (limit.clone(), name.clone());
             async move {
                 let Some(offset) = offset else { return Ok(None) };
                 let query = [
@@ -181,9 +189,27 @@ impl Client {
                 if data.is_empty() {
                     return Ok(None);
                 }
+                let changed = |detail: String| Error::Changed { name: name.clone(), detail };
+                match (paging.total, page.total) {
+                    (Some(before), Some(now)) if before != now => {
+                        return Err(changed(format!("its total went from {before} to {now} between pages")));
+                    }
+                    (None, now) => paging.total = now,
+                    _ => {}
+                }
+                if let (Some(last), Some(first)) = (paging.last_id, data.first().map(|i| i.id))
+                    && first <= last
+                {
+                    return Err(changed(format!("indicator id {first} came again after id {last} at offset {offset}")));
+                }
+                paging.last_id = data.last().map(|i| i.id);
                 let next = offset + data.len() as u64;
                 let more = page.total.is_none_or(|total| next < total);
-                Ok(Some((data.into_iter().map(Indicator::from).collect(), (body, more.then_some(next)))))
+                let indicators: Vec<Indicator> = data.into_iter().map(Indicator::from).collect();
+                if let Some(huge) = indicators.iter().find(|i| i.value.len() > MAX_VALUE_BYTES) {
+                    return Err(Error::Oversized { id: huge.id, bytes: huge.value.len(), limit: MAX_VALUE_BYTES });
+                }
+                Ok(Some((indicators, (body, more.then_some(next), paging))))
             }
         })
     }
@@ -270,9 +296,16 @@ impl Client {
         if let Some(message) = parse::errors_in_success(&reply.body) {
             return Err(Error::Refused { path: path.to_owned(), message });
         }
-        serde_json::from_slice(&reply.body).map_err(|e| Error::Garbage {
-            path: path.to_owned(),
-            detail: format!("{e} (after {} bytes received)", reply.body.len()),
+        serde_json::from_slice(&reply.body).map_err(|e| {
+            // A proxy or a sign-on portal in the way answers 200 with a page of its own.
+            let html = reply.body.trim_ascii_start().first() == Some(&b'<');
+            let detail = if html {
+                "an HTML page (a proxy or a login page in the way? check the ThreatQ Host and HTTPS_PROXY/NO_PROXY)"
+                    .to_owned()
+            } else {
+                format!("{e} (after {} bytes received)", reply.body.len())
+            };
+            Error::Garbage { path: path.to_owned(), detail }
         })
     }
 
@@ -380,7 +413,15 @@ impl Client {
                 }
                 Err(e) => {
                     let (detail, transient) = describe(e);
-                    if !transient || attempt >= self.policy.max_retries {
+                    // A certificate the configured trust refuses will not pass on a retry; the user fixes it.
+                    if !transient {
+                        return Err(Error::Tls(format!(
+                            "cannot verify ThreatQ at {}: {detail}; set THREATQ_CA_FILE to the PEM bundle that signs \
+                             its certificate",
+                            self.host
+                        )));
+                    }
+                    if attempt >= self.policy.max_retries {
                         return Err(Error::Transport { host: self.host.clone(), detail });
                     }
                     (self.policy.delay(attempt, None), detail)
@@ -405,6 +446,12 @@ impl Client {
         let body = response.bytes().await?;
         Ok((Reply { status, location, body }, retry_after))
     }
+}
+
+/// What [`Client::indicators`] remembers between pages to see the collection shift under it.
+struct Paging {
+    total: Option<u64>,
+    last_id: Option<u64>,
 }
 
 enum Cursor {
@@ -485,6 +532,10 @@ fn base_url(host: &str) -> Result<Url, Error> {
         format!("https://{trimmed}")
     };
     let url = Url::parse(&with_scheme).map_err(|e| problem(&format!("not a host name with an optional port ({e})")))?;
+    // The URL parser takes "host:" as the default port; a stray ':' is a typo to show, not to guess.
+    if with_scheme["https://".len()..].split(['/', '?', '#']).next().is_some_and(|a| a.ends_with(':')) {
+        return Err(problem("has a ':' but no port after it"));
+    }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return Err(problem("give only the host name and an optional port, no path"));
     }
@@ -505,7 +556,17 @@ mod tests {
         ] {
             assert_eq!(base_url(given).expect(given).as_str(), expected);
         }
-        for refused in ["http://tq.example.com", "", "ftp://x", "tq.example.com/api", "tq:99999"] {
+        for refused in [
+            "http://tq.example.com",
+            "",
+            "ftp://x",
+            "tq.example.com/api",
+            "tq:99999",
+            "[::1]8443",
+            "tq:",
+            "tq:+1",
+            "::1:8443",
+        ] {
             assert!(matches!(base_url(refused), Err(Error::Host { .. })), "{refused:?}");
         }
     }

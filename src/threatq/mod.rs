@@ -30,6 +30,15 @@ pub enum Error {
     Host { host: String, problem: String },
     #[error("ThreatQ {path} answered with an error: {message}")]
     Refused { path: String, message: String },
+    #[error(
+        "ThreatQ data collection {name:?} changed while it was read ({detail}); nothing was sent, the next run reads it again"
+    )]
+    Changed { name: String, detail: String },
+    #[error(
+        "ThreatQ indicator {id} has a value of {bytes} bytes, more than the {limit} a lookup row carries; nothing was \
+         sent: correct or remove that indicator in ThreatQ"
+    )]
+    Oversized { id: u64, bytes: usize, limit: usize },
     #[error("ThreatQ data collection {name:?} has no hash, which the cursor route needs")]
     NoHash { name: String },
     #[error("ThreatQ has no connector category named {category:?} (it has: {})", .available.join(", "))]

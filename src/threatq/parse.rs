@@ -82,7 +82,7 @@ struct RawAttribute {
 /// An indicator as ThreatQ sends it; `Option<Vec<_>>` so that `null` lists read as empty.
 #[derive(Deserialize)]
 pub(super) struct RawIndicator {
-    id: u64,
+    pub(super) id: u64,
     #[serde(default)]
     value: Option<Text>,
     #[serde(default, rename = "type")]

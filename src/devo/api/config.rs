@@ -104,6 +104,11 @@ fn custom_url(raw: &str) -> Result<Url, ConfigError> {
         )
     };
     let url = Url::parse(raw).map_err(|e| invalid(&format!("is not a URL ({e})")))?;
+    // The URL parser takes "host:" as the default port; a stray ':' is a typo to show, not to guess.
+    if raw.split_once("://").and_then(|(_, rest)| rest.split(['/', '?', '#']).next()).is_some_and(|a| a.ends_with(':'))
+    {
+        return Err(invalid("has a ':' but no port after it"));
+    }
     if url.scheme() != "https" {
         return Err(invalid("does not start with https://"));
     }
@@ -145,7 +150,13 @@ mod tests {
 
     #[test]
     fn a_custom_endpoint_must_be_an_https_url_and_errors_name_the_field() {
-        for bad in ["http://devo.example.com/lookup-api", "devo.example.com", "https://devo.example.com/x?a=1"] {
+        for bad in [
+            "http://devo.example.com/lookup-api",
+            "devo.example.com",
+            "https://devo.example.com/x?a=1",
+            "https://[::1]8443/lookup-api",
+            "https://devo.example.com:/lookup-api",
+        ] {
             let err = base_url(Region::Custom, Some(bad)).unwrap_err().to_string();
             assert!(err.contains("Custom Devo Endpoint"), "{err}");
             assert!(err.contains(bad), "{err}");

@@ -348,6 +348,14 @@ impl Uploader for LookupsApiUploader {
     fn describe(&self) -> String {
         format!("Devo Lookups API at {} (domain {})", self.config.base_url, self.config.domain)
     }
+
+    fn target(&self) -> crate::devo::Target {
+        crate::devo::Target {
+            method: crate::connector::config::UploadMethod::LookupsApi,
+            endpoint: self.config.base_url.to_string(),
+            domain: self.config.domain.clone(),
+        }
+    }
 }
 
 impl DeployMode {

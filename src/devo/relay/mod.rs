@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::connector::config::{ConfigError, DevoSettings, Region};
+use crate::connector::config::{ConfigError, DevoSettings, Region, UploadMethod};
 use crate::devo::{self, Delivery, Receipt, RowSource, Table, pem};
 use encode::{Action, EncoderMode, LookupEncoder};
 
@@ -42,6 +42,8 @@ pub struct RelayConfig {
     tls: Arc<rustls::ClientConfig>,
     mode: EncoderMode,
     hostname: String,
+    /// The Devo domain the client certificate names (empty when it names none).
+    domain: String,
     clock: Clock,
     start_end_delay: Duration,
     progress_timeout: Duration,
@@ -85,6 +87,7 @@ impl RelayConfig {
             tls: Arc::new(tls),
             mode: EncoderMode::Safe,
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            domain: pem::domain_from_certificate(certificate).unwrap_or_default(),
             clock: Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()),
             start_end_delay: Duration::from_secs(5),
             progress_timeout: Duration::from_secs(30),
@@ -160,30 +163,55 @@ fn relay_endpoint(settings: &DevoSettings) -> Result<(String, u16), ConfigError>
     Ok((host.to_owned(), 443))
 }
 
+/// `host`, `host:port`, `[v6]` or `[v6]:port`, nothing else: a stray character must not silently mean port 443.
 fn parse_host_port(endpoint: &str) -> Result<(String, u16), ConfigError> {
-    let invalid = |problem: String| ConfigError::invalid("devo_custom_endpoint", problem);
+    let form = "for the X.509 relay give host:port (e.g. relay.example.com:443 or [2001:db8::1]:443)";
+    let invalid = |problem: String| ConfigError::invalid("devo_custom_endpoint", format!("{problem}; {form}"));
     if endpoint.contains("://") || endpoint.contains('/') {
-        return Err(invalid(format!("{endpoint:?}: for the X.509 relay give host:port (e.g. relay.example.com:443)")));
+        return Err(invalid(format!("{endpoint:?} is a URL")));
+    }
+    if endpoint.chars().any(char::is_whitespace) {
+        return Err(invalid(format!("{endpoint:?} holds a space")));
     }
     let (host, port) = match endpoint.strip_prefix('[') {
         Some(v6) => {
             let (host, rest) =
                 v6.split_once(']').ok_or_else(|| invalid(format!("{endpoint:?} lacks its closing ]")))?;
-            (host, rest.strip_prefix(':'))
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(invalid(format!("{host:?} in brackets is not an IPv6 address")));
+            }
+            match rest {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        rest.strip_prefix(':')
+                            .ok_or_else(|| invalid(format!("{endpoint:?}: \"]\" must be followed by \":port\"")))?,
+                    ),
+                ),
+            }
         }
-        None => match endpoint.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') => (host, Some(port)),
-            _ => (endpoint, None),
+        None => match endpoint.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return Err(invalid(format!("{endpoint:?}: put an IPv6 address in brackets")));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (endpoint, None),
         },
     };
     let port = match port {
         None => 443,
-        Some(p) => {
-            p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| invalid(format!("port {p:?} is not 1-65535")))?
-        }
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n != 0 && p.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| invalid(format!("port {p:?} is not 1-65535")))?,
     };
     if host.is_empty() {
         return Err(invalid(format!("{endpoint:?} has no host")));
+    }
+    if host.contains(['[', ']']) {
+        return Err(invalid(format!("{endpoint:?} has a stray bracket")));
     }
     Ok((host.to_owned(), port))
 }
@@ -325,6 +353,14 @@ impl devo::Uploader for RelayUploader {
 
     fn describe(&self) -> String {
         format!("Devo relay {} (X.509, {:?} encoding)", self.config.endpoint(), self.config.mode)
+    }
+
+    fn target(&self) -> devo::Target {
+        devo::Target {
+            method: UploadMethod::Relay,
+            endpoint: self.config.endpoint(),
+            domain: self.config.domain.clone(),
+        }
     }
 }
 
@@ -470,7 +506,22 @@ mod tests {
         assert_eq!(parse_host_port("relay.example.com:6514").unwrap(), ("relay.example.com".into(), 6514));
         assert_eq!(parse_host_port("relay.example.com").unwrap(), ("relay.example.com".into(), 443));
         assert_eq!(parse_host_port("[::1]:8443").unwrap(), ("::1".into(), 8443));
-        for bad in ["https://relay.example.com", "relay:0", "relay:http", ":443"] {
+        assert_eq!(parse_host_port("[::1]").unwrap(), ("::1".into(), 443));
+        for bad in [
+            "https://relay.example.com",
+            "relay:0",
+            "relay:http",
+            ":443",
+            "[::1]8443",
+            "[::1]:",
+            "[::1",
+            "::1:8443",
+            "relay:+443",
+            "relay:",
+            "relay.example.com:443]",
+            "relay example.com:443",
+            "[relay.example.com]:443",
+        ] {
             let err = parse_host_port(bad).unwrap_err().to_string();
             assert!(err.contains("Custom Devo Endpoint"), "{bad}: {err}");
         }

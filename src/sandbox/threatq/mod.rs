@@ -114,6 +114,34 @@ pub enum Fault {
     Garbage,
     /// 200 with `{"errors": [message]}`.
     ErrorsIn2xx(String),
+    /// 200 with an HTML page, as a proxy or a single sign-on portal answers.
+    Html,
+    /// 302 to a login page.
+    RedirectToLogin,
+    /// The real answer with its body passed through a function (an id repeated, a changed `total`, a huge value,
+    /// bytes that are not UTF-8).
+    Rewrite(Rewrite),
+}
+
+/// A function over the bytes of a real answer, for [`Fault::Rewrite`].
+#[derive(Clone)]
+pub struct Rewrite(pub Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>);
+
+impl Rewrite {
+    /// Rewrites the answer's JSON with `edit`.
+    pub fn json(edit: impl Fn(&mut Value) + Send + Sync + 'static) -> Rewrite {
+        Rewrite(Arc::new(move |body| {
+            let Ok(mut value) = serde_json::from_slice::<Value>(body) else { return body.to_vec() };
+            edit(&mut value);
+            serde_json::to_vec(&value).expect("JSON values serialize")
+        }))
+    }
+}
+
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rewrite(..)")
+    }
 }
 
 /// One request as the stand-in received it.
@@ -127,6 +155,8 @@ pub struct LoggedRequest {
 
 struct ArmedFault {
     path_prefix: String,
+    /// Matching requests to let through before the fault is served.
+    skip: u32,
     remaining: u32,
     fault: Fault,
 }
@@ -300,7 +330,12 @@ impl ThreatqStandIn {
 
     /// Serves `fault` to the next `times` requests whose path starts with `path_prefix`.
     pub fn inject(&self, path_prefix: &str, times: u32, fault: Fault) {
-        let armed = ArmedFault { path_prefix: path_prefix.to_owned(), remaining: times, fault };
+        self.inject_after(path_prefix, 0, times, fault);
+    }
+
+    /// [`Self::inject`], once `skip` matching requests went through untouched (e.g. to fault the second page).
+    pub fn inject_after(&self, path_prefix: &str, skip: u32, times: u32, fault: Fault) {
+        let armed = ArmedFault { path_prefix: path_prefix.to_owned(), skip, remaining: times, fault };
         self.state().faults.push(armed);
     }
 
@@ -331,6 +366,10 @@ impl StandInState {
 
     fn take_fault(&mut self, path: &str) -> Option<Fault> {
         let armed = self.faults.iter_mut().find(|f| f.remaining > 0 && path.starts_with(&f.path_prefix))?;
+        if armed.skip > 0 {
+            armed.skip -= 1;
+            return None;
+        }
         armed.remaining -= 1;
         let fault = armed.fault.clone();
         self.faults.retain(|f| f.remaining > 0);
@@ -423,6 +462,21 @@ async fn inject_faults(State(shared): State<Shared>, request: Request, next: Nex
                 .into_response()
         }
         Some(Fault::ErrorsIn2xx(message)) => errors(StatusCode::OK, message),
+        Some(Fault::Html) => (
+            StatusCode::OK,
+            [(CONTENT_TYPE, "text/html; charset=utf-8")],
+            "<!DOCTYPE html><html><head><title>Sign in</title></head><body><form action=\"/login\"></form></body></html>",
+        )
+            .into_response(),
+        Some(Fault::RedirectToLogin) => {
+            (StatusCode::FOUND, [(axum::http::header::LOCATION, "/login?next=%2Fapi")], "").into_response()
+        }
+        Some(Fault::Rewrite(Rewrite(rewrite))) => {
+            let (mut parts, body) = next.run(request).await.into_parts();
+            let whole = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+            parts.headers.remove(CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(rewrite(&whole)))
+        }
         Some(Fault::Truncate) => {
             let (mut parts, body) = next.run(request).await.into_parts();
             let whole = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
