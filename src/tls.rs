@@ -46,3 +46,17 @@ mod tests {
         assert!(add_pem_roots(&mut roots, broken.as_bytes()).is_err());
     }
 }
+
+/// The rustls error under a reqwest error, if any. `io::Error::source` skips the error it wraps (and rustls
+/// errors come wrapped in two), so each `io::Error` is opened by hand.
+pub fn rustls_cause<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref)
+        && let Some(tls) = rustls_cause(inner)
+    {
+        return Some(tls);
+    }
+    error.source().and_then(rustls_cause)
+}

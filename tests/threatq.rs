@@ -253,18 +253,17 @@ async fn exactly_one_page_needs_one_request() {
 }
 
 #[tokio::test]
-async fn a_collection_shrinking_while_paged_still_ends() {
+async fn a_collection_shrinking_while_paged_ends_with_an_error_naming_the_change() {
     let env = env(1000).await;
     let collection = env.all().await;
     let mut stream = std::pin::pin!(env.client.indicators(&collection, 100));
     let first = within(stream.next()).await.unwrap().unwrap();
     assert_eq!(first.len(), 100);
+    // Offsets past a removal skip rows that are still there; a run must not export (and delete by) such a read.
     env.tq.set_generated(150);
-    let mut rest = Vec::new();
-    while let Some(page) = within(stream.next()).await {
-        rest.extend(page.unwrap());
-    }
-    assert_eq!(rest.iter().map(|i| i.id).collect::<Vec<_>>(), (101..=150).collect::<Vec<_>>());
+    let error = within(stream.next()).await.unwrap().expect_err("the total moved");
+    assert!(error.to_string().contains("total went from 1000 to 150"), "{error}");
+    assert!(within(stream.next()).await.is_none());
 }
 
 #[tokio::test]

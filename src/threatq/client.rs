@@ -480,12 +480,9 @@ fn retryable(status: StatusCode) -> bool {
 fn describe(error: reqwest::Error) -> (String, bool) {
     let error = error.without_url();
     let mut detail = error.to_string();
-    let mut tls_problem = false;
+    let tls_problem = crate::tls::rustls_cause(&error).is_some();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
-        let inner =
-            cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|e| e as &dyn std::error::Error);
-        tls_problem |= cause.is::<rustls::Error>() || inner.is_some_and(|e| e.is::<rustls::Error>());
         detail.push_str(": ");
         detail.push_str(&cause.to_string());
         source = cause.source();

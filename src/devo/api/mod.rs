@@ -169,7 +169,7 @@ impl LookupsApiUploader {
 
     /// A failure to send or receive: a certificate problem is final; anything else is retried.
     fn transport(&self, what: &str, error: reqwest::Error) -> Attempt {
-        if let Some(tls) = rustls_cause(&error) {
+        if let Some(tls) = crate::tls::rustls_cause(&error) {
             return Attempt::Fail(Error::Tls(format!(
                 "{what}: cannot verify {}: {tls}; if Devo is reached through a private CA or a TLS-inspecting proxy, \
                  put that CA in DEVO_CA_FILE",
@@ -408,20 +408,6 @@ fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, Error>
     let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// The rustls error under a reqwest error, if any. `io::Error::source` skips the error it wraps (and rustls
-/// errors come wrapped in two), so each `io::Error` is opened by hand.
-fn rustls_cause<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
-    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-        return Some(tls);
-    }
-    if let Some(inner) = error.downcast_ref::<io::Error>().and_then(io::Error::get_ref)
-        && let Some(tls) = rustls_cause(inner)
-    {
-        return Some(tls);
-    }
-    error.source().and_then(rustls_cause)
 }
 
 /// An error and its causes on one line ("error sending request: connection refused").
