@@ -754,3 +754,29 @@ fn local_files_hold_their_ground() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not the connector's");
     assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
 }
+
+/// Issue 10, point 3: a cron file that cannot be enabled (here edited by hand) is an ERROR in the log and a FAILED
+/// line in `doctor`, and the run still exports; the file is left as the admin wrote it.
+#[test]
+fn a_cron_file_that_cannot_be_enabled_is_logged_and_shown_by_doctor_and_the_run_still_exports() {
+    let world = World::new();
+    world.run().args(["--cron", "0 */2 * * *"]).assert().success();
+    world.run().assert().success().stdout(contains("Connector configured"));
+    let file = cron::path(world.cron_dir.path(), CONNECTOR_NAME);
+    let edited = format!("{}# kept off until the change window -- admin\n", std::fs::read_to_string(&file).unwrap());
+    std::fs::write(&file, &edited).unwrap();
+    world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
+
+    let stdout = stdout_of(&world.run().assert().success());
+    let error = stdout.lines().find(|l| l.contains("ERROR")).unwrap_or_else(|| panic!("no ERROR line: {stdout}"));
+    assert!(error.contains("cron") && error.contains("edited by hand"), "{error}");
+    assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), edited);
+
+    let doctor = stdout_of(&world.run().arg("doctor").assert());
+    let line = doctor.lines().find(|l| l.starts_with("Cron activation")).unwrap_or_else(|| panic!("{doctor}"));
+    assert!(line.contains("FAILED:") && line.contains("edited by hand"), "{line}");
+    std::fs::write(&file, edited.lines().next().unwrap().to_owned() + "\n").unwrap();
+    let doctor = stdout_of(&world.run().arg("doctor").assert());
+    assert!(doctor.lines().any(|l| l.starts_with("Cron activation") && l.ends_with("ok")), "{doctor}");
+}
