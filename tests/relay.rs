@@ -153,6 +153,23 @@ async fn a_refused_handshake_is_a_clear_error() {
     assert_eq!(relay.table("tq_iocs"), None);
 }
 
+/// A chain CA that does not sign the relay's certificate is a value to fix (exit 3), named.
+#[tokio::test]
+async fn a_chain_ca_that_does_not_sign_the_relay_is_a_configuration_error() {
+    let relay = stand_in().await;
+    let mut settings = relay.devo_settings();
+    settings.chain_ca = Some(TestCa::new("Some Other CA").cert_pem());
+    let uploader = RelayUploader::new(
+        RelayConfig::from_settings(&settings).unwrap().start_end_delay(Duration::ZERO).retry_delay(Duration::ZERO),
+    );
+    let err = within("untrusted relay", uploader.deliver(&iocs(), Delivery::Full(&rows(&[["a", "b", "1"]]))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Devo X.509 Chain CA"), "{err}");
+    assert_eq!(tqdevo::Error::from(err).code(), 3);
+    assert_eq!(relay.table("tq_iocs"), None);
+}
+
 #[tokio::test]
 async fn a_certificate_the_relay_does_not_trust_is_refused() {
     let relay = stand_in().await;

@@ -216,6 +216,12 @@ fn parse_host_port(endpoint: &str) -> Result<(String, u16), ConfigError> {
     Ok((host.to_owned(), port))
 }
 
+/// The relay's certificate failed verification against "Devo X.509 Chain CA": a value to fix (exit 3), which no
+/// retry mends.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UntrustedRelay(String);
+
 /// Uploads through a Devo relay; see the module documentation.
 pub struct RelayUploader {
     config: RelayConfig,
@@ -227,6 +233,9 @@ impl RelayUploader {
     }
 
     fn io_error(&self, source: io::Error) -> devo::Error {
+        if let Some(UntrustedRelay(why)) = source.get_ref().and_then(|e| e.downcast_ref::<UntrustedRelay>()) {
+            return ConfigError::invalid("devo_chain_ca", why.clone()).into();
+        }
         devo::Error::Io { endpoint: self.config.endpoint(), source }
     }
 
@@ -308,6 +317,10 @@ impl RelayUploader {
             .watch("TLS handshake", connector.connect(config.server_name.clone(), watched))
             .await
             .map_err(|e| {
+                if let Some(rustls::Error::InvalidCertificate(why)) = crate::tls::rustls_cause(&e) {
+                    let untrusted = format!("does not trust the relay's certificate ({why:?})");
+                    return io::Error::new(io::ErrorKind::InvalidData, UntrustedRelay(untrusted));
+                }
                 io::Error::new(
                     e.kind(),
                     format!(
