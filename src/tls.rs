@@ -30,6 +30,20 @@ pub fn add_pem_roots(roots: &mut RootCertStore, pem: &[u8]) -> Result<(), String
     Ok(())
 }
 
+/// The rustls error under a reqwest error, if any. `io::Error::source` skips the error it wraps (and rustls
+/// errors come wrapped in two), so each `io::Error` is opened by hand.
+pub fn rustls_cause<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref)
+        && let Some(tls) = rustls_cause(inner)
+    {
+        return Some(tls);
+    }
+    error.source().and_then(rustls_cause)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,18 +59,4 @@ mod tests {
         let broken = a.cert_pem().replace("MII", "M!I");
         assert!(add_pem_roots(&mut roots, broken.as_bytes()).is_err());
     }
-}
-
-/// The rustls error under a reqwest error, if any. `io::Error::source` skips the error it wraps (and rustls
-/// errors come wrapped in two), so each `io::Error` is opened by hand.
-pub fn rustls_cause<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
-    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-        return Some(tls);
-    }
-    if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref)
-        && let Some(tls) = rustls_cause(inner)
-    {
-        return Some(tls);
-    }
-    error.source().and_then(rustls_cause)
 }

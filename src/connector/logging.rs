@@ -96,13 +96,13 @@ mod tests {
 
     #[test]
     fn verbosity_maps_to_levels_and_the_record_passes_at_every_level() {
-        use std::sync::{Arc, Mutex};
+        use crate::connector::setup::tests::Captured;
         for (level, shown) in [(1, ["WARN", "record"].as_slice()), (2, &["WARN", "record", "INFO"]), (3, &["DEBUG"])] {
-            let written = Arc::new(Mutex::new(Vec::new()));
+            let written = Captured::default();
             let sink = written.clone();
             let subscriber = tracing_subscriber::fmt()
                 .with_env_filter(Verbosity::new(level).filter())
-                .with_writer(move || SharedWriter(sink.clone()))
+                .with_writer(move || sink.clone())
                 .finish();
             tracing::subscriber::with_default(subscriber, || {
                 tracing::debug!("DEBUG line");
@@ -110,26 +110,11 @@ mod tests {
                 tracing::warn!("WARN line");
                 tracing::info!(target: RECORD, "record line");
             });
-            let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+            let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
             for line in ["DEBUG", "INFO", "WARN", "record"] {
-                assert_eq!(
-                    text.contains(&format!("{line} line")),
-                    shown.contains(&line) || level == 3,
-                    "-v{level}: {text}"
-                );
+                let expected = shown.contains(&line) || level == 3;
+                assert_eq!(text.contains(&format!("{line} line")), expected, "-v{level}: {text}");
             }
-        }
-    }
-
-    struct SharedWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for SharedWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
         }
     }
 }

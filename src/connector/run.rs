@@ -251,10 +251,11 @@ pub fn execute(invocation: &super::cli::Invocation) -> Result<(), Error> {
             _ = tokio::signal::ctrl_c() => Error::Stopped("SIGINT"),
         };
         // The run's own report was dropped with it; a stopped run is recorded as stopped.
-        if matches!(invocation.command, Command::Run) && !invocation.dry_run {
-            if let Ok(dir) = std::path::absolute(&invocation.config_dir) {
-                record(&dir, &invocation.name, started, Err(&stopped));
-            }
+        if matches!(invocation.command, Command::Run)
+            && !invocation.dry_run
+            && let Ok(dir) = std::path::absolute(&invocation.config_dir)
+        {
+            record(&dir, &invocation.name, started, Err(&stopped));
         }
         Err(stopped)
     })

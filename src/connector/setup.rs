@@ -223,7 +223,7 @@ fn password_whereabouts(dir: &Path, local: &LocalConfig, env: Env) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use chrono::{DateTime, Utc};
@@ -321,9 +321,9 @@ mod tests {
         assert_eq!(password.expose_secret(), "hunter2");
     }
 
-    /// Log lines written while the setup runs at the highest verbosity.
+    /// Log lines written while the setup runs at the highest verbosity (the logging tests use it too).
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

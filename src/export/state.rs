@@ -315,24 +315,23 @@ mod tests {
         let table = crate::export::table("tq_iocs");
         let base = target_digest(&target, &table);
         assert_eq!(target_digest(&target.clone(), &table.clone()), base, "nothing changed: same identity");
-        let mut changed = Vec::new();
-        changed.push(("method", target_digest(&Target { method: UploadMethod::Relay, ..target.clone() }, &table)));
-        changed.push((
-            "endpoint",
-            target_digest(&Target { endpoint: "https://api-eu.devo.com/lookup-api".into(), ..target.clone() }, &table),
-        ));
-        changed.push(("domain", target_digest(&Target { domain: "acme_eu".into(), ..target.clone() }, &table)));
-        changed.push(("lookup", target_digest(&target, &Table { name: "tq_iocs2".into(), ..table.clone() })));
         let mut renamed = table.clone();
         renamed.columns[1].name = "type".into();
-        changed.push(("column name", target_digest(&target, &renamed)));
         let mut retyped = table.clone();
         retyped.columns[3].ty =
             if retyped.columns[3].ty == ColumnType::Int { ColumnType::Float } else { ColumnType::Int };
-        changed.push(("column type", target_digest(&target, &retyped)));
         let mut more = table.clone();
         more.columns.push(Column { name: "extra".into(), ty: ColumnType::Str });
-        changed.push(("columns", target_digest(&target, &more)));
+        let other_endpoint = "https://api-eu.devo.com/lookup-api".to_owned();
+        let changed = [
+            ("method", target_digest(&Target { method: UploadMethod::Relay, ..target.clone() }, &table)),
+            ("endpoint", target_digest(&Target { endpoint: other_endpoint, ..target.clone() }, &table)),
+            ("domain", target_digest(&Target { domain: "acme_eu".into(), ..target.clone() }, &table)),
+            ("lookup", target_digest(&target, &Table { name: "tq_iocs2".into(), ..table.clone() })),
+            ("column name", target_digest(&target, &renamed)),
+            ("column type", target_digest(&target, &retyped)),
+            ("columns", target_digest(&target, &more)),
+        ];
         for (part, digest) in changed {
             assert_ne!(digest, base, "changing the {part} changes the identity");
         }

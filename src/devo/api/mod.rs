@@ -7,7 +7,6 @@ mod config;
 mod retry;
 
 use std::future::Future;
-use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;

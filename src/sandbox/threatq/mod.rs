@@ -123,9 +123,12 @@ pub enum Fault {
     Rewrite(Rewrite),
 }
 
+/// Turns the bytes of a real answer into the bytes served.
+pub type RewriteFn = dyn Fn(&[u8]) -> Vec<u8> + Send + Sync;
+
 /// A function over the bytes of a real answer, for [`Fault::Rewrite`].
 #[derive(Clone)]
-pub struct Rewrite(pub Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>);
+pub struct Rewrite(pub Arc<RewriteFn>);
 
 impl Rewrite {
     /// Rewrites the answer's JSON with `edit`.
