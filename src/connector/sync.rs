@@ -146,8 +146,12 @@ where
     }
     collected.finish().map_err(spool_error)?;
 
-    let plan = Plan::new(&collected, state.as_ref(), full);
+    let mut plan = Plan::new(&collected, state.as_ref(), full);
     if !options.allow_mass_delete {
+        // Without a state the plan knows nothing of the lookup: a replace must not empty it unseen.
+        if state.is_none() {
+            plan.reported_by_devo(uploader.lookup_size(&table).await?);
+        }
         plan.check(collected.unique(), settings.max_delete_percent)?;
     }
     let deletions = state.as_ref().map(|s| s.deletions(collected.index(), table.columns.len()));
@@ -201,11 +205,16 @@ where
         let state_error = |e| Error::io(format!("writing the delivered state {}", state_path.display()), e);
         State::begin_delivery(state_path).map_err(state_error)?;
         let receipt = match uploader.deliver(&table, delivery).await {
-            // The lookup was removed in Devo behind our back: the changes have nothing to apply to.
-            Err(devo::Error::LookupMissing { .. }) if matches!(plan.action, Action::Incremental) => {
-                tracing::warn!(lookup = %table.name, "the lookup is gone from Devo; replacing it whole");
+            // The lookup was removed or redefined in Devo behind our back: the changes cannot apply to it.
+            Err(e @ (devo::Error::LookupMissing { .. } | devo::Error::LookupRedefined { .. }))
+                if matches!(plan.action, Action::Incremental) =>
+            {
+                tracing::warn!(lookup = %table.name, "{e}; replacing it whole");
                 summary.action = "full".into();
-                summary.reason = Some("the lookup was missing in Devo".into());
+                summary.reason = Some(match e {
+                    devo::Error::LookupMissing { .. } => "the lookup was missing in Devo".into(),
+                    _ => "the lookup's columns in Devo differ from the exporter's".into(),
+                });
                 full_replaced = true;
                 uploader.deliver(&table, Delivery::Full(&all)).await?
             }
