@@ -30,7 +30,7 @@ fn help_names_every_flag_the_exit_codes_and_the_cron_line() {
     for flag in ["--loglocation", "--config", "--verbosity", "--name", "--cron ", "--cron-dir", "--dry-run"] {
         help = help.and(contains(flag)).boxed();
     }
-    for text in ["--allow-mass-delete", "demo", "doctor", "schema", "manifest", "sandbox", "Exit codes:"] {
+    for text in ["--allow-mass-delete", "demo", "doctor", "Preflight", "schema", "manifest", "sandbox", "Exit codes:"] {
         help = help.and(contains(text)).boxed();
     }
     for code in ["0  done", "2  usage", "3  invalid configuration", "4  ThreatQ", "5  Devo", "6  another run", "7  "] {

@@ -44,15 +44,18 @@ Examples:
     tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll /var/log/tq_labs/ -v3 --cron \"0 */2 * * *\"
   Show the plan without uploading:
     tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll stdout -v2 --dry-run
-  Preflight before switching the connector on (and for monitoring, with --json); changes nothing:
+  Preflight before switching the connector on, and for monitoring (--json); changes nothing:
     tq-conn-devo-ioc-exporter -c /etc/tq_labs/ doctor
-      Local config:            ok (/etc/tq_labs/tq-conn-devo-ioc-exporter.json)
-      ThreatQ sign-in:         ok (signed in to threatq.example.com as analyst@example.com)
-      Devo lookup columns:     FAILED: Devo at https://api-us.devo.com/lookup-api: lookup \"tq_iocs\" has the
-                               columns [ioc STRING] with key ioc, the exporter writes [...]; the next run
-                               replaces the lookup whole with the exporter's columns
-    One line per check, ok or FAILED with what to do; exits 0 only when every check passes, else with the code
-    of the first failing area (3 configuration, 4 ThreatQ, 5 Devo).
+  It checks the local setup, ThreatQ (sign-in, clock, record, toggle, UI values) and Devo
+  (Lookups API: token, domain, the lookup's columns and last job; relay: certificate expiry,
+  key, chain CA, a TLS handshake that sends no data), one line each:
+    ThreatQ sign-in:         ok (signed in to threatq.example.com as analyst@example.com)
+    Toggle:                  ok (off: runs do nothing until it is switched on in ThreatQ)
+    Devo API token:          ok (accepted by https://api-us.devo.com/lookup-api)
+    Devo lookup:             ok (tq_iocs is absent: the next run creates it)
+    Devo certificate:        FAILED: UI field \"Devo X.509 Certificate\": expired on
+                             2026-01-31: download a new one from Devo
+  It exits 0 only when every check passes, else with the first failing area's code (3, 4, 5).
 
 Exit codes:
   0  done, or the connector is switched off in ThreatQ

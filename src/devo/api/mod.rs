@@ -401,7 +401,7 @@ impl LookupsApiUploader {
             return probes;
         };
         let count = listed.get("lookups").and_then(Value::as_array).map_or(0, Vec::len);
-        probes.push(Probe::new("Devo domain", Ok(format!("{domain}, {count} lookups"))));
+        probes.push(Probe::new("Devo domain", Ok(format!("{domain}, lookups in it: {count}"))));
         let metadata = match self.get_json("reading the lookup", &self.url(table, &[])).await {
             Ok(Some(metadata)) => metadata,
             Ok(None) => {

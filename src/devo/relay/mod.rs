@@ -363,7 +363,7 @@ pub async fn preflight(settings: &DevoSettings) -> Vec<Probe> {
         Err(e) => push("Devo certificate", Err(e)),
     }
     let chain = required(settings.chain_ca.as_deref(), "devo_chain_ca").and_then(pem::trust_roots);
-    push("Devo chain CA", chain.map(|roots| format!("{} trusted certificates", roots.len())));
+    push("Devo chain CA", chain.map(|roots| format!("certificates to trust: {}", roots.len())));
     if probes.iter().any(|p| p.outcome.is_err()) {
         return probes;
     }
