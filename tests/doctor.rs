@@ -27,6 +27,17 @@ fn doctor(world: &World, code: i32) -> String {
     stdout_of(&world.run().arg("doctor").assert().code(code))
 }
 
+/// `doctor` after these UI fields changed: it exits `code` and `check` fails saying `why`. Returns the output.
+fn fails(world: &World, fields: &[(&str, &str)], code: i32, check: &str, why: &str) -> String {
+    for (field, value) in fields {
+        world.set_field(field, value);
+    }
+    let stdout = doctor(world, code);
+    let result = result_of(&stdout, check);
+    assert!(result.starts_with("FAILED:") && result.contains(why), "{check} should fail with {why:?}: {stdout}");
+    stdout
+}
+
 /// A port on 127.0.0.1 where nothing listens.
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -109,9 +120,8 @@ fn json_says_the_same_as_one_object() {
 fn a_refused_token_fails_with_exit_3_naming_the_field() {
     let world = World::configured(UploadMethod::LookupsApi);
     world.stage.devo_api.set_token("a-rotated-token");
-    let stdout = doctor(&world, 3);
-    let token = result_of(&stdout, "Devo API token");
-    assert!(token.starts_with("FAILED:") && token.contains("\"Devo API Token\"") && token.contains("401"), "{stdout}");
+    let stdout = fails(&world, &[], 3, "Devo API token", "\"Devo API Token\"");
+    assert!(result_of(&stdout, "Devo API token").contains("401"), "{stdout}");
     assert!(!stdout.contains(DEFAULT_TOKEN), "the token stays out of the output");
 }
 
@@ -119,20 +129,17 @@ fn a_refused_token_fails_with_exit_3_naming_the_field() {
 fn an_unknown_domain_fails_with_exit_3_naming_the_field() {
     let world = World::configured(UploadMethod::LookupsApi);
     world.stage.devo_api.set_domains(&["another_domain"]);
-    let stdout = doctor(&world, 3);
+    let stdout = fails(&world, &[], 3, "Devo domain", "\"Devo Domain\"");
+    assert!(result_of(&stdout, "Devo domain").contains(stage::DOMAIN), "{stdout}");
     assert!(result_of(&stdout, "Devo API token").starts_with("ok"), "{stdout}");
-    let domain = result_of(&stdout, "Devo domain");
-    assert!(
-        domain.starts_with("FAILED:") && domain.contains("\"Devo Domain\"") && domain.contains(stage::DOMAIN),
-        "{stdout}"
-    );
 }
 
-/// A lookup someone made in Devo with other columns: doctor says what differs and that the next run replaces
-/// it; the next run does, and doctor passes.
+/// A lookup redefined in Devo with other columns after a run: doctor says what differs and that the next run
+/// replaces it; the next run does, though nothing changed in ThreatQ, and doctor passes.
 #[test]
 fn a_lookup_with_other_columns_fails_with_exit_5_until_the_next_run_replaces_it() {
     let world = World::configured(UploadMethod::LookupsApi);
+    world.run().assert().success();
     let mut config = ApiConfig::new(
         world.stage.devo_api.base_url().parse().unwrap(),
         stage::DOMAIN,
@@ -144,58 +151,45 @@ fn a_lookup_with_other_columns_fails_with_exit_5_until_the_next_run_replaces_it(
     let rows = vec![vec!["made-by-hand.example".to_owned()]];
     world.runtime.block_on(LookupsApiUploader::new(config).unwrap().deliver(&foreign, Delivery::Full(&rows))).unwrap();
 
-    let stdout = doctor(&world, 5);
-    let columns = result_of(&stdout, "Devo lookup columns");
-    assert!(
-        columns.starts_with("FAILED:") && columns.contains("has the columns [ioc STRING] with key ioc"),
-        "{stdout}"
-    );
-    assert!(columns.contains("the next run replaces the lookup"), "{stdout}");
+    let stdout = fails(&world, &[], 5, "Devo lookup columns", "has the columns [ioc STRING] with key ioc");
+    assert!(result_of(&stdout, "Devo lookup columns").contains("the next run replaces the lookup"), "{stdout}");
 
-    world.run().assert().success();
+    world.run().assert().success().stdout(contains("full sync"));
+    assert_eq!(world.stage.devo_api.columns(stage::DOMAIN, "tq_iocs").map(|c| c.len()), Some(15));
     doctor(&world, 0);
 }
 
 #[test]
 fn a_lookups_api_endpoint_that_does_not_answer_fails_with_exit_5() {
     let world = World::configured(UploadMethod::LookupsApi);
-    world.set_field("devo_custom_endpoint", &format!("https://127.0.0.1:{}/lookup-api", closed_port()));
-    let stdout = doctor(&world, 5);
-    assert!(result_of(&stdout, "Devo API token").starts_with("FAILED:"), "{stdout}");
+    let endpoint = format!("https://127.0.0.1:{}/lookup-api", closed_port());
+    fails(&world, &[("devo_custom_endpoint", &endpoint)], 5, "Devo API token", "gave up after 1 attempts");
 }
 
 #[test]
 fn a_relay_refusing_the_certificate_fails_with_exit_5() {
     let world = World::configured(UploadMethod::Relay);
     let stranger = TestCa::new("Another CA").client("tq-exporter", stage::DOMAIN);
-    world.set_field("devo_certificate", &stranger.cert_pem);
-    world.set_field("devo_private_key", &stranger.key_pem);
-    let stdout = doctor(&world, 5);
+    let fields = [("devo_certificate", stranger.cert_pem.as_str()), ("devo_private_key", &stranger.key_pem)];
+    let stdout = fails(&world, &fields, 5, "Devo relay handshake", "the relay refused the TLS session");
     assert!(result_of(&stdout, "Devo certificate").starts_with("ok"), "{stdout}");
     assert!(result_of(&stdout, "Devo relay trust").starts_with("ok"), "{stdout}");
-    let handshake = result_of(&stdout, "Devo relay handshake");
-    assert!(handshake.starts_with("FAILED:") && handshake.contains("refused"), "{stdout}");
     assert!(world.stage.relay.problems().iter().any(|p| p.contains("TLS handshake refused")));
 }
 
 #[test]
 fn a_relay_not_trusted_by_the_chain_ca_fails_with_exit_5() {
     let world = World::configured(UploadMethod::Relay);
-    world.set_field("devo_chain_ca", &TestCa::new("Not the relay's CA").cert_pem());
-    let stdout = doctor(&world, 5);
-    let trust = result_of(&stdout, "Devo relay trust");
-    assert!(trust.starts_with("FAILED:") && trust.contains("Devo X.509 Chain CA"), "{stdout}");
+    let other_ca = TestCa::new("Not the relay's CA").cert_pem();
+    fails(&world, &[("devo_chain_ca", &other_ca)], 5, "Devo relay trust", "\"Devo X.509 Chain CA\"");
 }
 
 #[test]
 fn an_expired_certificate_fails_with_exit_3_before_any_connection() {
     let world = World::configured(UploadMethod::Relay);
     let expired = TestCa::new("Devo CA").client_valid_for("tq-exporter", stage::DOMAIN, time::Duration::days(-2));
-    world.set_field("devo_certificate", &expired.cert_pem);
-    world.set_field("devo_private_key", &expired.key_pem);
-    let stdout = doctor(&world, 3);
-    let certificate = result_of(&stdout, "Devo certificate");
-    assert!(certificate.starts_with("FAILED:") && certificate.contains("expired on"), "{stdout}");
+    let fields = [("devo_certificate", expired.cert_pem.as_str()), ("devo_private_key", &expired.key_pem)];
+    let stdout = fails(&world, &fields, 3, "Devo certificate", "expired on");
     assert!(result_of(&stdout, "Devo private key").starts_with("ok"), "{stdout}");
     assert!(!stdout.contains("Devo relay"), "no handshake with a certificate known to be expired: {stdout}");
     assert!(world.stage.relay.connections().is_empty());
@@ -204,10 +198,8 @@ fn an_expired_certificate_fails_with_exit_3_before_any_connection() {
 #[test]
 fn an_unreachable_relay_fails_with_exit_5() {
     let world = World::configured(UploadMethod::Relay);
-    world.set_field("devo_custom_endpoint", &format!("localhost:{}", closed_port()));
-    let stdout = doctor(&world, 5);
-    let connection = result_of(&stdout, "Devo relay connection");
-    assert!(connection.starts_with("FAILED:") && connection.contains("cannot connect"), "{stdout}");
+    let endpoint = format!("localhost:{}", closed_port());
+    fails(&world, &[("devo_custom_endpoint", &endpoint)], 5, "Devo relay connection", "cannot connect");
 }
 
 /// ThreatQ fails before Devo is looked at: its code (4) wins, and the local checks still show.

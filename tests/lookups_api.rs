@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use tqdevo::connector::config::Region;
 use tqdevo::devo::api::{ApiConfig, LookupsApiUploader, RetryPolicy};
-use tqdevo::devo::{Column, ColumnType, Delivery, Error, Row, RowSource, Table, Uploader};
+use tqdevo::devo::{Column, ColumnType, Delivery, Error, Inspection, Row, RowSource, Table, Uploader};
 use tqdevo::sandbox::devo_api::{ApiRequest, DEFAULT_TOKEN, LookupsApiStandIn};
 use tracing::instrument::WithSubscriber;
 
@@ -277,15 +277,18 @@ async fn a_delete_that_describes_only_the_key_column_is_refused_and_changes_noth
     .await
 }
 
-/// Changes cannot apply to a lookup Devo holds with other columns: the uploader asks for a full upload, which
-/// redefines it; without a state, the guard learns the lookup's size from Devo.
+/// What Devo says of a lookup (its size, for the guard without a state; whether its columns are the table's), and
+/// changes for a lookup Devo holds with other columns: the uploader asks for a full upload, which redefines it.
 #[tokio::test]
-async fn changes_to_a_lookup_with_other_columns_ask_for_a_full_upload_and_its_size_is_known() {
+async fn inspection_tells_the_size_and_definition_and_changes_to_another_definition_ask_for_a_full_upload() {
     bounded(async {
         let (standin, uploader) = start().await;
-        assert_eq!(uploader.lookup_size(&table()).await.unwrap(), Some(0), "an absent lookup holds nothing");
+        let absent = uploader.inspect(&table()).await.unwrap();
+        assert_eq!(absent, Inspection { rows: Some(0), differs: None }, "an absent lookup holds nothing");
         uploader.deliver(&table(), Delivery::Full(&rows(0..3))).await.unwrap();
-        assert_eq!(uploader.lookup_size(&table()).await.unwrap(), Some(3));
+        assert_eq!(uploader.inspect(&table()).await.unwrap(), Inspection { rows: Some(3), differs: None });
+        let other = uploader.inspect(&exporter_table()).await.unwrap();
+        assert!(other.differs.is_some_and(|d| d.contains("[ioc STRING, type STRING, score INT8, link STRING]")));
         standin.clear_requests();
 
         let upserts = vec![exporter_row(1, 1)];

@@ -131,7 +131,11 @@ where
     if pending && loaded.is_ok() {
         tracing::warn!("the last upload did not finish cleanly; doing a full replace");
     }
-    let full = full_reason(settings, &loaded, pending, target, options.now);
+    // What Devo says of the lookup (a dry run asks Devo nothing): a lookup redefined there gets a full replace,
+    // and without a state its size feeds the mass-delete guard.
+    let inspection = if options.dry_run { devo::Inspection::default() } else { uploader.inspect(&table).await? };
+    let full = full_reason(settings, &loaded, pending, target, options.now)
+        .or_else(|| inspection.differs.map(FullReason::LookupRedefined));
     let state = loaded.ok();
 
     let dir = state_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -149,9 +153,7 @@ where
     let mut plan = Plan::new(&collected, state.as_ref(), full);
     if !options.allow_mass_delete {
         // Without a state the plan knows nothing of the lookup: a replace must not empty it unseen.
-        if state.is_none() {
-            plan.reported_by_devo(uploader.lookup_size(&table).await?);
-        }
+        plan.reported_by_devo(inspection.rows);
         plan.check(collected.unique(), settings.max_delete_percent)?;
     }
     let deletions = state.as_ref().map(|s| s.deletions(collected.index(), table.columns.len()));

@@ -112,11 +112,19 @@ pub struct Receipt {
 #[async_trait]
 pub trait Uploader: Send + Sync {
     async fn deliver(&self, table: &Table, delivery: Delivery<'_>) -> Result<Receipt, Error>;
-    /// How many rows the lookup holds in Devo (0 when it does not exist), or `None` when the upload method
-    /// cannot ask. Reads only.
-    async fn lookup_size(&self, table: &Table) -> Result<Option<u64>, Error>;
+    /// What Devo says of the lookup, as far as the upload method can ask. Reads only.
+    async fn inspect(&self, table: &Table) -> Result<Inspection, Error>;
     /// Where the uploads go, for logs (no secrets).
     fn describe(&self) -> String;
+}
+
+/// What Devo says of a lookup before an upload; the default is "cannot tell" (the relay).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inspection {
+    /// How many rows it holds (0 when it does not exist).
+    pub rows: Option<u64>,
+    /// How its columns or key differ from the table's, when they do.
+    pub differs: Option<String>,
 }
 
 /// One read-only check of the Devo side, for `doctor`: what was found, or why it failed and what to do.

@@ -21,6 +21,8 @@ pub enum FullReason {
     /// An upload began after the state was written and did not finish cleanly, so Devo may hold rows the state
     /// does not know of.
     UnfinishedUpload,
+    /// Devo holds the lookup with other columns or another key (how they differ): changes would not fit it.
+    LookupRedefined(String),
 }
 
 impl fmt::Display for FullReason {
@@ -34,6 +36,7 @@ impl fmt::Display for FullReason {
             FullReason::UnfinishedUpload => {
                 f.write_str("the last upload did not finish cleanly, so the lookup may differ from the state")
             }
+            FullReason::LookupRedefined(differs) => write!(f, "the lookup in Devo {differs}"),
         }
     }
 }

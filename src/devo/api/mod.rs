@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use self::body::{CsvChunks, DeployMode, Pumped};
 pub use self::config::{ApiConfig, RetryPolicy, base_url};
-use super::{Delivery, Error, Probe, Receipt, RowSource, Table, Uploader};
+use super::{Delivery, Error, Inspection, Probe, Receipt, RowSource, Table, Uploader};
 use crate::connector::config::ConfigError;
 
 /// Uploads lookups through the Lookups API with a Bearer token.
@@ -355,10 +355,12 @@ impl Uploader for LookupsApiUploader {
         })
     }
 
-    async fn lookup_size(&self, table: &Table) -> Result<Option<u64>, Error> {
+    async fn inspect(&self, table: &Table) -> Result<Inspection, Error> {
         Ok(match self.get_json("reading the lookup", &self.url(table, &[])).await? {
-            None => Some(0),
-            Some(metadata) => reported_rows(&metadata),
+            None => Inspection { rows: Some(0), differs: None },
+            Some(metadata) => {
+                Inspection { rows: reported_rows(&metadata), differs: definition_differences(table, &metadata) }
+            }
         })
     }
 
@@ -423,7 +425,7 @@ impl LookupsApiUploader {
                 table.columns[0].name
             )),
             Some(differs) => Err(self.remote(format!(
-                "lookup {:?} {differs}; the next run replaces the lookup whole with the exporter's columns",
+                "lookup {:?} {differs}; the next run replaces the lookup whole, with the exporter's columns",
                 table.name
             ))),
         };

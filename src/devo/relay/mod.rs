@@ -324,8 +324,8 @@ impl devo::Uploader for RelayUploader {
     }
 
     /// A relay cannot be asked what a lookup holds.
-    async fn lookup_size(&self, _table: &Table) -> Result<Option<u64>, devo::Error> {
-        Ok(None)
+    async fn inspect(&self, _table: &Table) -> Result<devo::Inspection, devo::Error> {
+        Ok(devo::Inspection::default())
     }
 
     fn describe(&self) -> String {
