@@ -11,6 +11,10 @@
 //! A deploy answers `202 {"jobId": "<uuid>"}` (also [OURS]). Its job answers `RUNNING` to the first
 //! [`Builder::running_polls`] status requests, then applies the change to the table at once and answers
 //! `SUCCEEDED`, or answers `FAILED` and leaves the table as it was. Errors are `{"message": "..."}`.
+//!
+//! As the contract says, a deploy's `deploy-config` is the lookup's definition: an append (add or del) whose
+//! columns differ from the lookup's is refused with 400 (`append columns [...] differ from the lookup's [...]`).
+//! A lookup's metadata (also [OURS]) is `{"domain", "name", "columns": [{"name", "type"}], "key", "rows"}`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
