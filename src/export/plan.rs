@@ -79,8 +79,8 @@ pub enum Refusal {
     EmptyCollection { existing: u64 },
     #[error(
         "the data collection came back empty and there is no delivered state, so what the lookup holds is \
-         unknown (the relay cannot tell); replacing it would empty it: check the collection, or run once with \
-         --allow-mass-delete"
+         unknown (the relay cannot tell, and a dry run does not ask); replacing it would empty it: check the \
+         collection, or run once with --allow-mass-delete"
     )]
     EmptyCollectionUnknownLookup,
 }
