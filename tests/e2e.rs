@@ -27,15 +27,16 @@ const UI_HOSTNAME: &str = "threatq.example.com";
 /// The longest any one command may take before the test fails instead of hanging.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The stand-ins on their own runtime, and the directories one installation of the connector uses.
-struct World {
-    stage: Stage,
+/// The stand-ins on their own runtime, and the directories one installation of the connector uses (the `doctor`
+/// tests use it too).
+pub(crate) struct World {
+    pub(crate) stage: Stage,
     /// The `-c` directory.
     dir: TempDir,
     cron_dir: TempDir,
     _files: TempDir,
     /// Dropped last: the stand-ins' tasks run on it.
-    runtime: tokio::runtime::Runtime,
+    pub(crate) runtime: tokio::runtime::Runtime,
 }
 
 impl World {
@@ -57,7 +58,7 @@ impl World {
     }
 
     /// The stand-ins, the connector set up from the environment, its UI filled for `method` and the toggle on.
-    fn configured(method: UploadMethod) -> World {
+    pub(crate) fn configured(method: UploadMethod) -> World {
         let world = World::new();
         world.run().assert().success();
         world.configure(CONNECTOR_NAME, method, "tq_iocs");
@@ -83,14 +84,14 @@ impl World {
     }
 
     /// The stage's variables (setup answers, CA files, file secrets, no relay pause) with a short job poll.
-    fn env(&self) -> HashMap<String, String> {
+    pub(crate) fn env(&self) -> HashMap<String, String> {
         let mut env = self.stage.env();
         env.insert("DEVO_JOB_POLL_SECONDS".into(), "0.05".into());
         env
     }
 
     /// The binary with only `env` (plus PATH and HOME) as its environment: `-c <dir> -ll stdout --cron-dir <tmp>`.
-    fn command_with(&self, env: &HashMap<String, String>) -> Command {
+    pub(crate) fn command_with(&self, env: &HashMap<String, String>) -> Command {
         self.command_logging_to(env, Path::new("stdout"))
     }
 
@@ -112,7 +113,7 @@ impl World {
         cmd
     }
 
-    fn run(&self) -> Command {
+    pub(crate) fn run(&self) -> Command {
         self.command_with(&self.env())
     }
 
@@ -123,7 +124,7 @@ impl World {
     }
 
     /// Changes one field of the Configuration tab.
-    fn set_field(&self, field: &str, value: &str) {
+    pub(crate) fn set_field(&self, field: &str, value: &str) {
         let mut fields = self.ui_fields();
         fields.insert(field.into(), value.into());
         assert!(self.stage.threatq.set_custom_fields(CONNECTOR_NAME, fields));
@@ -202,7 +203,7 @@ fn summary_counts(stdout: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-fn stdout_of(assert: &assert_cmd::assert::Assert) -> String {
+pub(crate) fn stdout_of(assert: &assert_cmd::assert::Assert) -> String {
     String::from_utf8_lossy(&assert.get_output().stdout).into_owned()
 }
 

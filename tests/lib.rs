@@ -2,6 +2,7 @@
 //! loopback stand-ins.
 
 mod cli;
+mod doctor;
 mod e2e;
 mod faults;
 mod lookups_api;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use tqdevo::connector::config::Region;
 use tqdevo::devo::api::{ApiConfig, LookupsApiUploader, RetryPolicy};
-use tqdevo::devo::{Column, ColumnType, Delivery, Error, Row, RowSource, Table, Uploader};
+use tqdevo::devo::{Column, ColumnType, Delivery, Error, Inspection, Row, RowSource, Table, Uploader};
 use tqdevo::sandbox::devo_api::{ApiRequest, DEFAULT_TOKEN, LookupsApiStandIn};
 use tracing::instrument::WithSubscriber;
 
@@ -178,6 +178,130 @@ async fn a_lookup_deleted_in_devo_makes_the_next_changes_ask_for_a_full_upload()
         let upserts = rows(3..4);
         let err = uploader.deliver(&table(), Delivery::Changes { upserts: &upserts, deletes: &Vec::new() }).await;
         assert!(matches!(err, Err(Error::LookupMissing { .. })), "{err:?}");
+    })
+    .await
+}
+
+/// The exporter's own lookup: 15 columns, two of them integers.
+fn exporter_table() -> Table {
+    tqdevo::export::table(LOOKUP)
+}
+
+/// The lookup's definition as the stand-in keeps it: `(name, Devo type)`, key first.
+fn definition(table: &Table) -> Vec<(String, String)> {
+    let devo_type = |ty| match ty {
+        ColumnType::Str => "STRING",
+        ColumnType::Int => "INT8",
+        other => panic!("the exporter has no {other:?} column"),
+    };
+    table.columns.iter().map(|c| (c.name.clone(), devo_type(c.ty).to_owned())).collect()
+}
+
+/// A row of the exporter's lookup with integers where its integer columns are.
+fn exporter_row(i: u32, score: u32) -> Row {
+    let mut row: Row = tqdevo::export::COLUMNS.iter().map(|(name, _)| format!("{name}-{i}")).collect();
+    row[0] = format!("host-{i:05}.example");
+    row[3] = score.to_string();
+    row[7] = (i % 2).to_string();
+    row[9] = i.to_string();
+    row
+}
+
+/// Full, then incremental with deletes, then incremental with upserts, on the exporter's lookup: every request
+/// describes the whole lookup, and after each run the lookup keeps its definition and holds the expected rows.
+#[tokio::test]
+async fn full_then_deletes_then_upserts_describe_the_whole_lookup_and_keep_its_definition() {
+    bounded(async {
+        let (standin, uploader) = start().await;
+        let table = exporter_table();
+        let after = |expected: &[Row]| {
+            assert_eq!(standin.table(DOMAIN, LOOKUP), Some(sorted(expected.to_vec())));
+            assert_eq!(standin.columns(DOMAIN, LOOKUP), Some(definition(&table)));
+            let deploys = deploys(&standin);
+            assert!(!deploys.is_empty());
+            for deploy in deploys {
+                assert_eq!(deploy.status, 202, "{deploy:?}");
+                assert_eq!(deploy.deploy_columns, definition(&table), "{deploy:?}");
+            }
+        };
+        let mut held: Vec<Row> = (0..20).map(|i| exporter_row(i, 1)).collect();
+        uploader.deliver(&table, Delivery::Full(&held)).await.unwrap();
+        after(&held);
+
+        // Deletes known by key only, as the sync state knows them.
+        let deletes: Vec<Row> = held.drain(15..).map(|row| vec![row[0].clone()]).collect();
+        let none: Vec<Row> = Vec::new();
+        standin.clear_requests();
+        uploader.deliver(&table, Delivery::Changes { upserts: &none, deletes: &deletes }).await.unwrap();
+        after(&held);
+
+        let upserts: Vec<Row> =
+            (0..3).map(|i| exporter_row(i, 9)).chain((20..22).map(|i| exporter_row(i, 2))).collect();
+        held.drain(..3);
+        held.extend(upserts.iter().cloned());
+        standin.clear_requests();
+        uploader.deliver(&table, Delivery::Changes { upserts: &upserts, deletes: &none }).await.unwrap();
+        after(&held);
+    })
+    .await
+}
+
+/// What the Lookups API stand-in now refuses: the delete deploy this uploader used to send, describing only the
+/// key column, which a Lookups API may take as the lookup's new definition.
+#[tokio::test]
+async fn a_delete_that_describes_only_the_key_column_is_refused_and_changes_nothing() {
+    bounded(async {
+        let (standin, uploader) = start().await;
+        let table = exporter_table();
+        let held: Vec<Row> = (0..3).map(|i| exporter_row(i, 1)).collect();
+        uploader.deliver(&table, Delivery::Full(&held)).await.unwrap();
+
+        let old_delete = r#"{"columns":[{"name":"ioc","type":"STRING"}],"hasHeader":true,"key":{"type":"column","column":"ioc"},"append":true,"contribution":{"type":"del"}}"#;
+        let part = |text: &str, mime: &str| reqwest::multipart::Part::text(text.to_owned()).mime_str(mime).unwrap();
+        let form = reqwest::multipart::Form::new()
+            .part("deploy-config", part(old_delete, "application/json"))
+            .part("csv", part("ioc\r\nhost-00001.example\r\n", "text/csv").file_name("iocs.csv"));
+        let ca = reqwest::Certificate::from_pem(standin.ca_pem().as_bytes()).unwrap();
+        let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+        let url = format!("{}/lookup/{DOMAIN}/{LOOKUP}/deploy-csv", standin.base_url());
+        let response = http.put(url).bearer_auth(DEFAULT_TOKEN).multipart(form).send().await.unwrap();
+        assert_eq!(response.status(), 400);
+        let message = response.json::<serde_json::Value>().await.unwrap()["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.starts_with("append columns [ioc STRING] differ from the lookup's [ioc STRING, ioc_type STRING,"),
+            "{message}"
+        );
+        assert_eq!(standin.table(DOMAIN, LOOKUP), Some(sorted(held)));
+        assert_eq!(standin.columns(DOMAIN, LOOKUP), Some(definition(&table)));
+    })
+    .await
+}
+
+/// What Devo says of a lookup (its size, for the guard without a state; whether its columns are the table's), and
+/// changes for a lookup Devo holds with other columns: the uploader asks for a full upload, which redefines it.
+#[tokio::test]
+async fn inspection_tells_the_size_and_definition_and_changes_to_another_definition_ask_for_a_full_upload() {
+    bounded(async {
+        let (standin, uploader) = start().await;
+        let absent = uploader.inspect(&table()).await.unwrap();
+        assert_eq!(absent, Inspection { rows: Some(0), differs: None }, "an absent lookup holds nothing");
+        uploader.deliver(&table(), Delivery::Full(&rows(0..3))).await.unwrap();
+        assert_eq!(uploader.inspect(&table()).await.unwrap(), Inspection { rows: Some(3), differs: None });
+        let other = uploader.inspect(&exporter_table()).await.unwrap();
+        assert!(other.differs.is_some_and(|d| d.contains("[ioc STRING, type STRING, score INT8, link STRING]")));
+        standin.clear_requests();
+
+        let upserts = vec![exporter_row(1, 1)];
+        let changes = Delivery::Changes { upserts: &upserts, deletes: &Vec::new() };
+        let err = uploader.deliver(&exporter_table(), changes).await.unwrap_err();
+        assert!(matches!(&err, Error::LookupRedefined { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("has the columns [ioc STRING, type STRING, score INT8, link STRING]"),
+            "{err}"
+        );
+        assert!(deploys(&standin).is_empty(), "nothing was sent");
+        uploader.deliver(&exporter_table(), Delivery::Full(&upserts)).await.unwrap();
+        assert_eq!(standin.columns(DOMAIN, LOOKUP), Some(definition(&exporter_table())));
     })
     .await
 }

@@ -61,6 +61,16 @@ impl World {
 
     /// One run through the library, as cron would start it.
     pub(crate) async fn run(&self, name: &str, dry_run: bool) -> (Result<Outcome, Error>, String) {
+        self.run_allowing(name, dry_run, false).await
+    }
+
+    /// [`World::run`], with `--allow-mass-delete` when `allow_mass_delete`.
+    async fn run_allowing(
+        &self,
+        name: &str,
+        dry_run: bool,
+        allow_mass_delete: bool,
+    ) -> (Result<Outcome, Error>, String) {
         let lookup = |key: &str| self.env.get(key).cloned();
         let mut no_input = LinePrompter::new(std::io::empty(), Vec::new());
         let mut out = Vec::new();
@@ -69,7 +79,7 @@ impl World {
             name: name.to_owned(),
             cron_dir: self.config_dir(),
             dry_run,
-            allow_mass_delete: false,
+            allow_mass_delete,
             env: &lookup,
             prompter: &mut no_input,
             out: &mut out,
@@ -537,6 +547,65 @@ proptest! {
     ) {
         model_case(initial, steps);
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The mass-delete guard without a state: it goes by what Devo holds.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// With the state lost and the collection come back empty, the run asks Devo (Lookups API) or cannot know (relay)
+/// what the lookup holds; either way it refuses to empty it (exit 7, nothing sent) until allowed.
+async fn an_emptied_collection_without_a_state_is_refused_until_allowed(method: UploadMethod) {
+    let world = World::start(40).await;
+    world.configure("guarded", method, "guarded", &[]).await;
+    world.synced("guarded").await;
+    let full = world.lookup(method, "guarded");
+    assert_eq!(full, expected_rows(&world.collection().await));
+    assert!(!full.is_empty());
+    std::fs::remove_file(world.state_path("guarded")).unwrap();
+    world.stage.threatq.set_generated(0);
+    world.stage.devo_api.clear_requests();
+    let relay_uploads = world.stage.relay.applied().len();
+
+    let (refused, _) = world.run("guarded", false).await;
+    let refused = refused.expect_err("an empty collection may not empty the lookup unseen");
+    assert_eq!(refused.code(), 7, "{refused}");
+    assert!(refused.to_string().contains("--allow-mass-delete"), "{refused}");
+    let sent: Vec<_> = world.stage.devo_api.requests().into_iter().filter(|r| r.method != "GET").collect();
+    assert!(sent.is_empty(), "nothing is sent: {sent:?}");
+    assert_eq!(world.stage.relay.applied().len(), relay_uploads, "nothing is sent to the relay");
+    assert_eq!(world.lookup(method, "guarded"), full);
+    assert_eq!(world.state_bytes("guarded"), None);
+
+    let (allowed, out) = world.run_allowing("guarded", false, true).await;
+    assert!(matches!(allowed, Ok(Outcome::Synced(_))), "{allowed:?}: {out}");
+    assert_eq!(world.stage.lookup(method, "guarded"), Some(Vec::new()), "the lookup is emptied when allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_state_the_guard_asks_the_lookups_api_what_the_lookup_holds() {
+    an_emptied_collection_without_a_state_is_refused_until_allowed(UploadMethod::LookupsApi).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_state_the_guard_treats_the_relays_lookup_as_unknown() {
+    an_emptied_collection_without_a_state_is_refused_until_allowed(UploadMethod::Relay).await;
+}
+
+/// Without a state, a collection much smaller than what Devo reports trips the guard by percentage too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_state_a_collection_far_smaller_than_the_lookup_is_refused() {
+    let world = World::start(40).await;
+    world.configure("shrunk", UploadMethod::LookupsApi, "shrunk", &[]).await;
+    world.synced("shrunk").await;
+    let full = world.lookup(UploadMethod::LookupsApi, "shrunk");
+    std::fs::remove_file(world.state_path("shrunk")).unwrap();
+    world.stage.threatq.set_generated(10);
+    let (refused, _) = world.run("shrunk", false).await;
+    let refused = refused.expect_err("about three quarters of the rows would go");
+    assert_eq!(refused.code(), 7, "{refused}");
+    assert!(refused.to_string().contains(&format!("Devo reports {} rows", full.len())), "{refused}");
+    assert_eq!(world.lookup(UploadMethod::LookupsApi, "shrunk"), full);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -44,8 +44,19 @@ Examples:
     tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll /var/log/tq_labs/ -v3 --cron \"0 */2 * * *\"
   Show the plan without uploading:
     tq-conn-devo-ioc-exporter -c /etc/tq_labs/ -ll stdout -v2 --dry-run
-  Check this host's setup:
-    tq-conn-devo-ioc-exporter -c /etc/tq_labs/ doctor";
+  Preflight before switching the connector on, and for monitoring (--json); changes nothing:
+    tq-conn-devo-ioc-exporter -c /etc/tq_labs/ doctor
+  It checks the local setup, ThreatQ (sign-in, clock, record, toggle, UI values) and Devo
+  (Lookups API: token, domain, the lookup's columns and last job; relay: certificate expiry,
+  key, chain CA, a TLS handshake that sends no data), one line each:
+    ThreatQ sign-in:         ok (signed in to threatq.example.com as analyst@example.com)
+    Toggle:                  ok (off: runs do nothing until it is switched on in ThreatQ)
+    Devo API token:          ok (accepted by https://api-us.devo.com/lookup-api)
+    Devo lookup:             ok (tq_iocs is absent: the next run creates it)
+    Devo certificate:        FAILED: UI field \"Devo X.509 Certificate\": expired on
+                             2026-01-31: download a new one from Devo
+  It exits 0 only when every check passes, else with the first failing area's code (3, 4, 5).
+";
 
 /// The end of `--help`, after the exit codes (which come from [`crate::Exit`]).
 const AFTER_LONG_HELP_ENV: &str = "\
@@ -57,7 +68,8 @@ Environment:
   THREATQ_TLS_VERIFY   false: do not verify ThreatQ's certificate (logged as a warning)
   DEVO_CA_FILE         PEM file of extra CAs to trust for the Devo Lookups API
   DEVO_RELAY_DELAY_SECONDS  the relay's pause after START and before END (default 5, as devo-sdk)
-  DEVO_JOB_POLL_SECONDS     how often a Lookups API job is polled (default 2)
+  DEVO_JOB_POLL_SECONDS     the longest pause between polls of a Lookups API job (default 5; polls start
+                            at 0.25 s and double up to it)
   HTTPS_PROXY, NO_PROXY
   TQ_SECRETS_BACKEND   file or keyring: where the ThreatQ password is stored (default: the OS keyring when one
                        answers, else an owner-only file in the -c directory)";
@@ -124,8 +136,12 @@ pub struct RawArgs {
 pub enum RawCommand {
     /// Run against the built-in ThreatQ and Devo stand-ins on this machine: see the whole flow without accounts
     Demo,
-    /// Check this host's setup: stored configuration, password, run lock, cron file
-    Doctor,
+    /// The preflight: check, changing nothing, the local setup, ThreatQ and Devo (exit 0 only if all pass)
+    Doctor {
+        /// Print the checks as one JSON object, for monitoring
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the JSON Schema of the connector's Configuration tab
     Schema,
     /// Print the connector definition registered with ThreatQ
@@ -142,7 +158,10 @@ pub enum Command {
     /// `--cron`: write the cron file.
     Cron(Schedule),
     Demo,
-    Doctor,
+    /// `doctor`, its checks as lines or (`json`) one JSON object.
+    Doctor {
+        json: bool,
+    },
     Schema,
     Manifest,
     Sandbox,
@@ -223,7 +242,7 @@ impl RawArgs {
             (Some(schedule), None) => Command::Cron(schedule),
             (None, None) => Command::Run,
             (None, Some(RawCommand::Demo)) => Command::Demo,
-            (None, Some(RawCommand::Doctor)) => Command::Doctor,
+            (None, Some(RawCommand::Doctor { json })) => Command::Doctor { json },
             (None, Some(RawCommand::Schema)) => Command::Schema,
             (None, Some(RawCommand::Manifest)) => Command::Manifest,
             (None, Some(RawCommand::Sandbox)) => Command::Sandbox,
@@ -263,7 +282,7 @@ impl Invocation {
             Command::Schema => Ok(config::pretty_json(config::schema())),
             Command::Manifest => Ok(config::pretty_json(&config::definition(Some(&self.name)))),
             Command::Cron(schedule) => self.install_cron(schedule),
-            Command::Run | Command::Demo | Command::Sandbox | Command::Doctor => return None,
+            Command::Run | Command::Demo | Command::Sandbox | Command::Doctor { .. } => return None,
         };
         Some(text.and_then(|text| out.write_all(text.as_bytes()).map_err(|e| Error::io("writing to stdout", e))))
     }

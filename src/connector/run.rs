@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 
 use serde_json::json;
 
@@ -98,7 +98,7 @@ pub fn record(dir: &Path, name: &str, started: DateTime<Utc>, result: Result<&Ou
     }
 }
 
-async fn connect(options: crate::threatq::ClientOptions) -> Result<Client, crate::threatq::Error> {
+pub(super) async fn connect(options: crate::threatq::ClientOptions) -> Result<Client, crate::threatq::Error> {
     let client = Client::new(options)?;
     client.sign_in().await?;
     Ok(client)
@@ -215,14 +215,7 @@ pub fn execute(invocation: &super::cli::Invocation) -> Result<(), Error> {
             match &invocation.command {
                 Command::Demo => super::demo::demo(&mut stdout).await,
                 Command::Sandbox => super::demo::sandbox(&mut stdout).await,
-                Command::Doctor => {
-                    let dir = std::path::absolute(&invocation.config_dir)
-                        .map_err(|e| Error::io(format!("resolving {}", invocation.config_dir.display()), e))?;
-                    let env = &super::local::process_env;
-                    let mut lines = setup::doctor_lines(&dir, &invocation.name, &invocation.cron_dir, env);
-                    lines.extend(doctor_remote(&dir, &invocation.name, env).await);
-                    writeln!(stdout, "{}", lines.join("\n")).map_err(|e| Error::io("writing to stdout", e))
-                }
+                Command::Doctor { json } => super::doctor::doctor(invocation, *json, &mut stdout).await,
                 _ => {
                     let dir = std::path::absolute(&invocation.config_dir)
                         .map_err(|e| Error::io(format!("resolving {}", invocation.config_dir.display()), e))?;
@@ -259,38 +252,4 @@ pub fn execute(invocation: &super::cli::Invocation) -> Result<(), Error> {
         }
         Err(stopped)
     })
-}
-
-/// `doctor`'s checks that need ThreatQ: sign-in, the toggle, the UI configuration and the Devo settings (PEM,
-/// endpoint), without uploading anything. One line each; a failing check says why.
-async fn doctor_remote(dir: &Path, name: &str, env: Env<'_>) -> Vec<String> {
-    let line = |label: &str, value: String| format!("{:<18} {value}", format!("{label}:"));
-    let Ok(Some(local)) = LocalConfig::load(dir, name) else { return Vec::new() };
-    let client = match local.options_for_run(dir, env).map_err(|e| e.to_string()) {
-        Ok(options) => connect(options).await.map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    };
-    let client = match client {
-        Ok(client) => client,
-        Err(e) => return vec![line("ThreatQ sign-in", format!("FAILED: {e}"))],
-    };
-    let mut lines = vec![line("ThreatQ sign-in", "ok".into())];
-    let record = match client.find_connector(name).await {
-        Ok(Some(record)) => record,
-        Ok(None) => return [lines, vec![line("ThreatQ record", "absent: run once to register".into())]].concat(),
-        Err(e) => return [lines, vec![line("ThreatQ record", format!("FAILED: {e}"))]].concat(),
-    };
-    lines.push(line("ThreatQ record", format!("id {} version {}", record.id, record.version)));
-    lines.push(line("toggle", if record.is_active { "on" } else { "off" }.into()));
-    lines.push(match config::parse_custom_fields(&record.custom_fields) {
-        Err(e) => line("UI configuration", format!("INVALID: {e}")),
-        Ok(settings) => match DevoOptions::from_env(env)
-            .map_err(|e| e.to_string())
-            .and_then(|options| devo::uploader(&settings.devo, &options).map_err(|e| e.to_string()))
-        {
-            Ok(uploader) => line("UI configuration", format!("valid; Devo: {}", uploader.describe())),
-            Err(e) => line("UI configuration", format!("INVALID: {e}")),
-        },
-    });
-    lines
 }

@@ -1,17 +1,13 @@
-//! The first run (prompts, sign-in, registration with ThreatQ, storing what later runs need) and the local part
-//! of `doctor`.
+//! The first run (prompts, sign-in, registration with ThreatQ, storing what later runs need).
 
 use std::io::{BufRead, IsTerminal as _, Write};
 use std::ops::Deref;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use secrecy::SecretString;
 
 use super::config;
-use super::cron;
 use super::local::{self, Env, LocalConfig};
-use super::lock::{self, LockState};
 use super::secrets::{self, Backend};
 use crate::Error;
 use crate::threatq::{ClientOptions, ConnectorRegistry};
@@ -162,64 +158,6 @@ where
     tracing::info!(config = %local::path(dir, name).display(), secrets = %local.secrets, "setup stored");
     prompter.tell(CONFIGURED).map_err(|e| Error::io("writing to stdout", e))?;
     Ok(local)
-}
-
-/// `doctor`'s view of this host: the stored configuration, where the password is (never the password), the
-/// run lock and the cron file, one `label: value` line each. A part that cannot be read is reported in its line.
-pub fn doctor_lines(dir: &Path, name: &str, cron_dir: &Path, env: Env) -> Vec<String> {
-    let line = |label: &str, value: String| format!("{:<18} {value}", format!("{label}:"));
-    let mut lines = vec![line("Instance", name.to_owned()), line("Config directory", dir.display().to_string())];
-    let config_path = local::path(dir, name);
-    match LocalConfig::load(dir, name) {
-        Err(e) => lines.push(line("Local config", e.to_string())),
-        Ok(None) => lines.push(line(
-            "Local config",
-            format!("{} absent: run without a subcommand to set up", config_path.display()),
-        )),
-        Ok(Some(local)) => {
-            lines.push(line("Local config", config_path.display().to_string()));
-            let host = match (&local.host, env("THREATQ_HOST")) {
-                (Some(host), _) => host.clone(),
-                (None, Some(from_env)) => format!("{from_env} (from THREATQ_HOST)"),
-                (None, None) => "from THREATQ_HOST, which is not set".to_owned(),
-            };
-            lines.push(line("ThreatQ Host", host));
-            lines.push(line("ThreatQ Client ID", local.client_id.clone()));
-            lines.push(line("ThreatQ Username", local.username.clone()));
-            lines.push(line("Status", local.status.clone()));
-            lines.push(line("Password", password_whereabouts(dir, &local, env)));
-        }
-    }
-    let lock = match lock::state(dir, name) {
-        Ok(LockState::Free) => "free".to_owned(),
-        Ok(LockState::Held { pid, age_seconds }) => format!("held by pid {pid} for {age_seconds} s"),
-        Err(e) => e.to_string(),
-    };
-    lines.push(line("Run lock", lock));
-    lines.push(line("Cron file", cron::describe(cron_dir, name)));
-    let activation = cron::activation_check(cron_dir, name).map_or_else(|e| format!("FAILED: {e}"), |_| "ok".into());
-    lines.push(line("Cron activation", activation));
-    lines
-}
-
-/// Where the password is and whether it is there; never the password.
-fn password_whereabouts(dir: &Path, local: &LocalConfig, env: Env) -> String {
-    let place = match local.secrets {
-        Backend::Keyring => format!("OS keyring (service {}, user {})", secrets::KEYRING_SERVICE, local.instance),
-        Backend::File => {
-            let path = secrets::file_path(dir, &local.instance);
-            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o600);
-            let warning =
-                if mode & 0o077 != 0 { format!(", WARNING: mode {mode:o}, should be 600") } else { "".into() };
-            format!("{}{warning}", path.display())
-        }
-    };
-    let found = match secrets::load(dir, &local.instance, local.secrets) {
-        Ok(_) => "stored".to_owned(),
-        Err(e) => format!("NOT usable: {e}"),
-    };
-    let overridden = if env("THREATQ_PASSWORD").is_some() { "; THREATQ_PASSWORD is set and overrides it" } else { "" };
-    format!("{found} in {place}{overridden}")
 }
 
 #[cfg(test)]
@@ -402,36 +340,5 @@ pub(crate) mod tests {
         let err = rt.block_on(first_run(dir.path(), "inst", &mut prompter, &env, refused)).unwrap_err();
         assert_eq!(err.code(), 4);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn doctor_shows_where_things_are_but_no_secret() {
-        let dir = tempfile::tempdir().unwrap();
-        let cron_dir = tempfile::tempdir().unwrap();
-        let none = env_of(&[]);
-        let before = doctor_lines(dir.path(), "inst", cron_dir.path(), &none).join("\n");
-        assert!(before.contains("absent: run without a subcommand"), "{before}");
-        std::fs::write(local::path(dir.path(), "inst"), "{").unwrap();
-        let damaged = doctor_lines(dir.path(), "inst", cron_dir.path(), &none).join("\n");
-        assert!(damaged.contains("is damaged") && damaged.contains("Run lock:"), "{damaged}");
-
-        let local = LocalConfig {
-            instance: "inst".into(),
-            host: None,
-            client_id: "cid".into(),
-            username: "u".into(),
-            status: "Review".into(),
-            secrets: Backend::File,
-        };
-        secrets::store(dir.path(), "inst", Backend::File, &SecretString::from("hunter2".to_owned())).unwrap();
-        local.save(dir.path()).unwrap();
-        let _guard = lock::acquire(dir.path(), "inst", std::time::Duration::from_secs(60)).unwrap();
-        let env = env_of(&[("THREATQ_HOST", "tq.v6")]);
-        let after = doctor_lines(dir.path(), "inst", cron_dir.path(), &env).join("\n");
-        assert!(after.contains("tq.v6 (from THREATQ_HOST)"), "{after}");
-        assert!(after.contains("stored in") && after.contains("inst.secrets.json"), "{after}");
-        assert!(after.contains(&format!("held by pid {}", std::process::id())), "{after}");
-        assert!(after.contains("absent (write it with --cron"), "{after}");
-        assert!(!after.contains("hunter2"));
     }
 }

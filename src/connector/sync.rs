@@ -126,7 +126,11 @@ where
     if pending && loaded.is_ok() {
         tracing::warn!("the last upload did not finish cleanly; doing a full replace");
     }
-    let full = full_reason(settings, &loaded, pending, target, options.now);
+    // What Devo says of the lookup (a dry run asks Devo nothing): a lookup redefined there gets a full replace,
+    // and without a state its size feeds the mass-delete guard.
+    let inspection = if options.dry_run { devo::Inspection::default() } else { uploader.inspect(&table).await? };
+    let full = full_reason(settings, &loaded, pending, target, options.now)
+        .or_else(|| inspection.differs.map(FullReason::LookupRedefined));
     let state = loaded.ok();
 
     let dir = state_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -141,8 +145,10 @@ where
     }
     collected.finish().map_err(spool_error)?;
 
-    let plan = Plan::new(&collected, state.as_ref(), full);
+    let mut plan = Plan::new(&collected, state.as_ref(), full);
     if !options.allow_mass_delete {
+        // Without a state the plan knows nothing of the lookup: a replace must not empty it unseen.
+        plan.reported_by_devo(inspection.rows);
         plan.check(collected.unique(), settings.max_delete_percent)?;
     }
     let deletions = state.as_ref().map(|s| s.deletions(collected.index(), table.columns.len()));
@@ -196,11 +202,16 @@ where
         let state_error = |e| Error::io(format!("writing the delivered state {}", state_path.display()), e);
         State::begin_delivery(state_path).map_err(state_error)?;
         let receipt = match uploader.deliver(&table, delivery).await {
-            // The lookup was removed in Devo behind our back: the changes have nothing to apply to.
-            Err(devo::Error::LookupMissing { .. }) if matches!(plan.action, Action::Incremental) => {
-                tracing::warn!(lookup = %table.name, "the lookup is gone from Devo; replacing it whole");
+            // The lookup was removed or redefined in Devo behind our back: the changes cannot apply to it.
+            Err(e @ (devo::Error::LookupMissing { .. } | devo::Error::LookupRedefined { .. }))
+                if matches!(plan.action, Action::Incremental) =>
+            {
+                tracing::warn!(lookup = %table.name, "{e}; replacing it whole");
                 summary.action = "full".into();
-                summary.reason = Some("the lookup was missing in Devo".into());
+                summary.reason = Some(match e {
+                    devo::Error::LookupMissing { .. } => "the lookup was missing in Devo".into(),
+                    _ => "the lookup's columns in Devo differ from the exporter's".into(),
+                });
                 full_replaced = true;
                 uploader.deliver(&table, Delivery::Full(&all)).await?
             }

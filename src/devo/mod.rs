@@ -123,10 +123,34 @@ pub struct Target {
 #[async_trait]
 pub trait Uploader: Send + Sync {
     async fn deliver(&self, table: &Table, delivery: Delivery<'_>) -> Result<Receipt, Error>;
+    /// What Devo says of the lookup, as far as the upload method can ask. Reads only.
+    async fn inspect(&self, table: &Table) -> Result<Inspection, Error>;
     /// Where the uploads go, for logs (no secrets).
     fn describe(&self) -> String;
     /// Where the uploads go, as data (what the state's identity is made of; log wording stays free to change).
     fn target(&self) -> Target;
+}
+
+/// What Devo says of a lookup before an upload; the default is "cannot tell" (the relay).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inspection {
+    /// How many rows it holds (0 when it does not exist).
+    pub rows: Option<u64>,
+    /// How its columns or key differ from the table's, when they do.
+    pub differs: Option<String>,
+}
+
+/// One read-only check of the Devo side, for `doctor`: what was found, or why it failed and what to do.
+#[derive(Debug)]
+pub struct Probe {
+    pub check: &'static str,
+    pub outcome: Result<String, Error>,
+}
+
+impl Probe {
+    fn new(check: &'static str, outcome: Result<String, Error>) -> Self {
+        Self { check, outcome }
+    }
 }
 
 /// Everything that can go wrong on the Devo side. Messages name the UI field or host to fix, never a secret.
@@ -147,6 +171,10 @@ pub enum Error {
          a full upload creates it"
     )]
     LookupMissing { endpoint: String, domain: String, lookup: String },
+    /// The lookup in Devo has other columns than the exporter's: changes would not fit it, so the caller answers
+    /// with a full upload, which redefines it.
+    #[error("Devo at {endpoint}: lookup {lookup:?} {differs}")]
+    LookupRedefined { endpoint: String, lookup: String, differs: String },
     /// The trust settings for Devo's HTTPS endpoint (`DEVO_CA_FILE`, an untrusted certificate).
     #[error("Devo TLS: {0}")]
     Tls(String),
@@ -163,14 +191,14 @@ pub struct DevoOptions {
     pub extra_ca_pem: Option<String>,
     /// The relay's pause after START and before END, from `DEVO_RELAY_DELAY_SECONDS` (devo-sdk's 5 s by default).
     pub relay_delay: Duration,
-    /// How often the Lookups API uploader asks whether its job finished, from `DEVO_JOB_POLL_SECONDS` (2 s by
-    /// default; test endpoints finish at once).
+    /// The longest pause between two questions of the Lookups API uploader whether its job finished, from
+    /// `DEVO_JOB_POLL_SECONDS` (5 s by default; polls start at 0.25 s and double up to it).
     pub job_poll_interval: Duration,
 }
 
 impl Default for DevoOptions {
     fn default() -> Self {
-        Self { extra_ca_pem: None, relay_delay: Duration::from_secs(5), job_poll_interval: Duration::from_secs(2) }
+        Self { extra_ca_pem: None, relay_delay: Duration::from_secs(5), job_poll_interval: Duration::from_secs(5) }
     }
 }
 
@@ -214,19 +242,33 @@ pub fn uploader(settings: &DevoSettings, options: &DevoOptions) -> Result<Box<dy
             let config = relay::RelayConfig::from_settings(settings)?.start_end_delay(options.relay_delay);
             Ok(Box::new(relay::RelayUploader::new(config)))
         }
-        UploadMethod::LookupsApi => {
-            let domain = match (&settings.domain, &settings.certificate) {
-                (Some(domain), _) => domain.clone(),
-                (None, Some(cert)) => pem::domain_from_certificate(cert).ok_or_else(|| {
-                    ConfigError::invalid("devo_domain", "is empty and the certificate's subject names no domain")
-                })?,
-                (None, None) => return Err(ConfigError::missing("devo_domain").into()),
-            };
-            let mut config = api::ApiConfig::from_settings(settings, domain)?;
-            config.extra_ca_pem = options.extra_ca_pem.clone();
-            config.poll_interval = options.job_poll_interval;
-            Ok(Box::new(api::LookupsApiUploader::new(config)?))
-        }
+        UploadMethod::LookupsApi => Ok(Box::new(api_uploader(settings, options)?)),
+    }
+}
+
+fn api_uploader(settings: &DevoSettings, options: &DevoOptions) -> Result<api::LookupsApiUploader, Error> {
+    let domain = match (&settings.domain, &settings.certificate) {
+        (Some(domain), _) => domain.clone(),
+        (None, Some(cert)) => pem::domain_from_certificate(cert).ok_or_else(|| {
+            ConfigError::invalid("devo_domain", "is empty and the certificate's subject names no domain")
+        })?,
+        (None, None) => return Err(ConfigError::missing("devo_domain").into()),
+    };
+    let mut config = api::ApiConfig::from_settings(settings, domain)?;
+    config.extra_ca_pem = options.extra_ca_pem.clone();
+    config.poll_interval = options.job_poll_interval;
+    api::LookupsApiUploader::new(config)
+}
+
+/// `doctor`'s checks of the upload method the UI chose, in order; a check whose premise failed is left out.
+/// Nothing is uploaded: the Lookups API is only read, and the relay gets a TLS handshake and no line.
+pub async fn preflight(settings: &DevoSettings, options: &DevoOptions, table: &Table) -> Vec<Probe> {
+    match settings.method {
+        UploadMethod::Relay => relay::preflight(settings).await,
+        UploadMethod::LookupsApi => match api_uploader(settings, options) {
+            Ok(uploader) => uploader.preflight(table).await,
+            Err(e) => vec![Probe::new("Devo settings", Err(e))],
+        },
     }
 }
 
@@ -257,7 +299,7 @@ mod tests {
         let defaults = options(&[]).unwrap();
         assert_eq!(
             (defaults.relay_delay, defaults.job_poll_interval),
-            (Duration::from_secs(5), Duration::from_secs(2))
+            (Duration::from_secs(5), Duration::from_secs(5))
         );
         let set = options(&[("DEVO_RELAY_DELAY_SECONDS", "0"), ("DEVO_JOB_POLL_SECONDS", "0.1")]).unwrap();
         assert_eq!((set.relay_delay, set.job_poll_interval), (Duration::ZERO, Duration::from_millis(100)));

@@ -11,7 +11,7 @@ use x509_parser::x509::AttributeTypeAndValue;
 use crate::connector::config::{ConfigError, SecretText};
 
 /// A certificate closer than this to its end is reported as a warning.
-const EXPIRY_WARNING_DAYS: i64 = 30;
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// The client side of mutual TLS: the certificate (with any intermediates pasted after it) and its key.
 pub struct ClientIdentity {
@@ -49,7 +49,18 @@ pub fn certificates(field: &str, pem: &str) -> Result<Vec<CertificateDer<'static
 /// a warning.
 pub fn client_identity(certificate_pem: &str, key_pem: &SecretText) -> Result<ClientIdentity, ConfigError> {
     let certificates = certificates("devo_certificate", certificate_pem)?;
-    check_expiry(&certificates[0])?;
+    let (day, left_days) = expiry(&certificates[0])?;
+    if left_days < EXPIRY_WARNING_DAYS {
+        tracing::warn!("\"Devo X.509 Certificate\" expires on {day}, in {left_days} days: renew it in Devo");
+    }
+    identity(certificates, key_pem)
+}
+
+/// The certificate paired with its key, checked to match; the certificate's dates are not looked at.
+pub fn identity(
+    certificates: Vec<CertificateDer<'static>>,
+    key_pem: &SecretText,
+) -> Result<ClientIdentity, ConfigError> {
     // The pki-types error could quote the text around a fault: say only what kind of block is expected.
     let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).map_err(|_| {
         ConfigError::invalid(
@@ -72,7 +83,9 @@ pub fn client_identity(certificate_pem: &str, key_pem: &SecretText) -> Result<Cl
     }
 }
 
-fn check_expiry(cert: &CertificateDer<'_>) -> Result<(), ConfigError> {
+/// The day a certificate (one from [`certificates`]) expires and the whole days left until then; an expired
+/// certificate is an error naming the field.
+pub fn expiry(cert: &CertificateDer<'_>) -> Result<(time::Date, i64), ConfigError> {
     let (_, parsed) = X509Certificate::from_der(cert).expect("checked by `certificates`");
     let not_after = parsed.validity().not_after;
     let day = not_after.to_datetime().date();
@@ -83,10 +96,7 @@ fn check_expiry(cert: &CertificateDer<'_>) -> Result<(), ConfigError> {
             format!("expired on {day}: download a new one from Devo (Administration → Credentials → X.509)"),
         ));
     }
-    if left_days < EXPIRY_WARNING_DAYS {
-        tracing::warn!("\"Devo X.509 Certificate\" expires on {day}, in {left_days} days: renew it in Devo");
-    }
-    Ok(())
+    Ok((day, left_days))
 }
 
 /// The chain CA as the only trust store for the relay's certificate.

@@ -7,5 +7,5 @@ mod state;
 
 pub use collect::{Collected, ContentDigest, DigestMap, KeyDigest, RowSet, SpoolRows, digest_key, digest_row};
 pub use map::{COLUMNS, map_indicator, table};
-pub use plan::{Action, FullReason, Plan, Refusal};
+pub use plan::{Action, FullReason, Held, Plan, Refusal};
 pub use state::{Deletions, KeySet, State, Unusable, target_digest};

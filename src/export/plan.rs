@@ -21,6 +21,8 @@ pub enum FullReason {
     /// An upload began after the state was written and did not finish cleanly, so Devo may hold rows the state
     /// does not know of.
     UnfinishedUpload,
+    /// Devo holds the lookup with other columns or another key (how they differ): changes would not fit it.
+    LookupRedefined(String),
 }
 
 impl fmt::Display for FullReason {
@@ -34,6 +36,7 @@ impl fmt::Display for FullReason {
             FullReason::UnfinishedUpload => {
                 f.write_str("the last upload did not finish cleanly, so the lookup may differ from the state")
             }
+            FullReason::LookupRedefined(differs) => write!(f, "the lookup in Devo {differs}"),
         }
     }
 }
@@ -42,6 +45,17 @@ impl fmt::Display for FullReason {
 pub enum Action {
     Full(FullReason),
     Incremental,
+}
+
+/// What the run knows of the rows the lookup holds in Devo before the upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// The delivered state lists them, so the deletions are known exactly.
+    Delivered(u64),
+    /// No usable state: Devo reports this many rows (0 when the lookup does not exist).
+    Reported(u64),
+    /// No usable state, and the upload method cannot ask Devo (the relay).
+    Unknown,
 }
 
 /// A run refused before anything is sent (exit 7), unless the user allows mass deletes.
@@ -53,10 +67,22 @@ pub enum Refusal {
     )]
     MassDelete { deleted: u64, existing: u64, max_percent: u8 },
     #[error(
+        "there is no delivered state and Devo reports {existing} rows in the lookup: replacing them with the \
+         {unique} IOCs of the collection deletes at least {deleted}, more than the Mass-Delete Guard of \
+         {max_percent}%; check the data collection, or run once with --allow-mass-delete"
+    )]
+    MassDeleteReported { deleted: u64, existing: u64, unique: u64, max_percent: u8 },
+    #[error(
         "the data collection came back empty but the lookup has {existing} rows; check the collection, or run \
          once with --allow-mass-delete"
     )]
     EmptyCollection { existing: u64 },
+    #[error(
+        "the data collection came back empty and there is no delivered state, so what the lookup holds is \
+         unknown (the relay cannot tell, and a dry run does not ask); replacing it would empty it: check the \
+         collection, or run once with --allow-mass-delete"
+    )]
+    EmptyCollectionUnknownLookup,
 }
 
 /// The rows to add, change and delete. Row sets number spool rows of the [`Collected`] they were made from.
@@ -66,10 +92,11 @@ pub struct Plan {
     pub added: RowSet,
     pub changed: RowSet,
     pub unchanged: u64,
-    /// Delivered keys no longer in the collection (a full replace removes them too).
+    /// Delivered keys no longer in the collection (a full replace removes them too); 0 without a state.
     pub deleted: u64,
-    /// Rows Devo holds according to the state (0 when there is none).
-    pub existing: u64,
+    /// What the lookup holds before the upload: from the state, else [`Held::Unknown`] until
+    /// [`Plan::reported_by_devo`] says what Devo reports.
+    pub held: Held,
 }
 
 impl Plan {
@@ -89,7 +116,15 @@ impl Plan {
             (None, None) => Action::Full(FullReason::NoState),
             (None, Some(_)) => Action::Incremental,
         };
-        Plan { action, added, changed, unchanged, deleted, existing: state.map_or(0, State::len) }
+        let held = state.map_or(Held::Unknown, |s| Held::Delivered(s.len()));
+        Plan { action, added, changed, unchanged, deleted, held }
+    }
+
+    /// Without a state, what Devo reports the lookup holds (`None`: the upload method cannot tell).
+    pub fn reported_by_devo(&mut self, rows: Option<u64>) {
+        if !matches!(self.held, Held::Delivered(_)) {
+            self.held = rows.map_or(Held::Unknown, Held::Reported);
+        }
     }
 
     /// Rows to upsert in an incremental upload.
@@ -102,22 +137,30 @@ impl Plan {
         self.action == Action::Incremental && self.added.is_empty() && self.changed.is_empty() && self.deleted == 0
     }
 
-    /// The safety rails: an empty collection, or more deletions than the guard allows, stop the run.
+    /// The safety rails: an empty collection where the lookup has (or may have) rows, or more deletions than
+    /// the guard allows, stop the run. Without a state, a full replace deletes at least the rows Devo reports
+    /// beyond the collection's.
     pub fn check(&self, unique: u64, max_delete_percent: u8) -> Result<(), Refusal> {
-        if self.existing == 0 {
-            return Ok(());
+        let too_many = |deleted: u64, existing: u64| deleted * 100 > existing * u64::from(max_delete_percent);
+        match self.held {
+            Held::Unknown if unique == 0 => Err(Refusal::EmptyCollectionUnknownLookup),
+            Held::Unknown | Held::Delivered(0) | Held::Reported(0) => Ok(()),
+            Held::Delivered(existing) | Held::Reported(existing) if unique == 0 => {
+                Err(Refusal::EmptyCollection { existing })
+            }
+            Held::Delivered(existing) if too_many(self.deleted, existing) => {
+                Err(Refusal::MassDelete { deleted: self.deleted, existing, max_percent: max_delete_percent })
+            }
+            Held::Reported(existing) if too_many(existing.saturating_sub(unique), existing) => {
+                Err(Refusal::MassDeleteReported {
+                    deleted: existing - unique,
+                    existing,
+                    unique,
+                    max_percent: max_delete_percent,
+                })
+            }
+            Held::Delivered(_) | Held::Reported(_) => Ok(()),
         }
-        if unique == 0 {
-            return Err(Refusal::EmptyCollection { existing: self.existing });
-        }
-        if self.deleted * 100 > self.existing * u64::from(max_delete_percent) {
-            return Err(Refusal::MassDelete {
-                deleted: self.deleted,
-                existing: self.existing,
-                max_percent: max_delete_percent,
-            });
-        }
-        Ok(())
     }
 }
 
@@ -206,8 +249,38 @@ mod tests {
         let plan = Plan::new(&empty, Some(&state), Some(FullReason::SyncModeFull));
         assert_eq!(plan.check(0, 100), Err(Refusal::EmptyCollection { existing: 10 }));
 
-        let first_run = Plan::new(&empty, None, None);
-        assert_eq!((first_run.action.clone(), first_run.check(0, 0)), (Action::Full(FullReason::NoState), Ok(())));
+        let mut first_run = Plan::new(&empty, None, None);
+        assert_eq!(first_run.action, Action::Full(FullReason::NoState));
+        first_run.reported_by_devo(Some(0));
+        assert_eq!(first_run.check(0, 0), Ok(()), "a lookup Devo does not have may start empty");
+    }
+
+    #[test]
+    fn without_a_state_the_guard_goes_by_what_devo_reports_or_refuses_to_empty_an_unknown_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let four: Vec<Row> = (0..4).map(|i| row(&format!("k{i}"), 0)).collect();
+        let (empty, some) = (collect(dir.path(), &[]), collect(dir.path(), &four));
+        let planned = |collected: &Collected, reported: Option<u64>| {
+            let mut plan = Plan::new(collected, None, None);
+            plan.reported_by_devo(reported);
+            plan.check(collected.unique(), 50)
+        };
+        assert_eq!(planned(&empty, Some(10)), Err(Refusal::EmptyCollection { existing: 10 }));
+        assert_eq!(planned(&empty, None), Err(Refusal::EmptyCollectionUnknownLookup));
+        assert_eq!(
+            planned(&some, Some(10)),
+            Err(Refusal::MassDeleteReported { deleted: 6, existing: 10, unique: 4, max_percent: 50 })
+        );
+        assert_eq!(planned(&some, Some(8)), Ok(()), "at least 4 of 8 deleted: within 50%");
+        assert_eq!(planned(&some, None), Ok(()), "an unknown lookup is replaced by a non-empty collection");
+
+        // A state, when there is one, knows better than any report.
+        let path = dir.path().join("s.state");
+        State::write(&path, 7, chrono::Utc::now(), &four).unwrap();
+        let state = State::load(&path).unwrap();
+        let mut plan = Plan::new(&some, Some(&state), None);
+        plan.reported_by_devo(Some(1000));
+        assert_eq!((plan.held, plan.check(4, 50)), (Held::Delivered(4), Ok(())));
     }
 
     #[test]

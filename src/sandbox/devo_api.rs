@@ -11,6 +11,10 @@
 //! A deploy answers `202 {"jobId": "<uuid>"}` (also [OURS]). Its job answers `RUNNING` to the first
 //! [`Builder::running_polls`] status requests, then applies the change to the table at once and answers
 //! `SUCCEEDED`, or answers `FAILED` and leaves the table as it was. Errors are `{"message": "..."}`.
+//!
+//! As the contract says, a deploy's `deploy-config` is the lookup's definition: an append (add or del) whose
+//! columns differ from the lookup's is refused with 400 (`append columns [...] differ from the lookup's [...]`).
+//! A lookup's metadata (also [OURS]) is `{"domain", "name", "columns": [{"name", "type"}], "key", "rows"}`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
@@ -45,6 +49,8 @@ pub struct ApiRequest {
     pub csv_bytes: u64,
     /// Data rows in the `csv` part (header excluded).
     pub csv_rows: u64,
+    /// The `deploy-config` columns as `(name, type)`, in order; empty without one.
+    pub deploy_columns: Vec<(String, String)>,
 }
 
 /// Options for [`LookupsApiStandIn::start`].
@@ -124,6 +130,12 @@ impl LookupsApiStandIn {
         lock(&self.shared)
     }
 
+    /// Only these Devo domains exist from now on: requests for another one are answered 404 (by default every
+    /// domain exists).
+    pub fn set_domains(&self, domains: &[&str]) {
+        self.state().domains = Some(domains.iter().map(|d| (*d).to_owned()).collect());
+    }
+
     /// Accept only this token from now on (revokes the previous one).
     pub fn set_token(&self, token: impl Into<String>) {
         self.state().token = token.into();
@@ -194,6 +206,8 @@ struct StandInState {
     keep_rows: bool,
     job_id_in_response: bool,
     jobs_never_finish: bool,
+    /// The domains that exist; `None`: all of them.
+    domains: Option<Vec<String>>,
     fail_next_job: Option<String>,
     faults: Vec<Fault>,
     tables: HashMap<LookupKey, Lookup>,
@@ -246,9 +260,22 @@ impl Job {
     }
 }
 
-/// Per-request counters the deploy handler fills and the log reads.
+/// What the deploy handler saw of a request, for the log.
 #[derive(Clone, Default)]
-struct CsvStats(Arc<Mutex<(u64, u64)>>);
+struct DeployStats(Arc<Mutex<DeploySeen>>);
+
+#[derive(Default)]
+struct DeploySeen {
+    csv_bytes: u64,
+    csv_rows: u64,
+    columns: Vec<(String, String)>,
+}
+
+impl DeployStats {
+    fn seen(&self) -> MutexGuard<'_, DeploySeen> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 fn router(shared: Shared) -> Router {
     let api = Router::new()
@@ -282,14 +309,18 @@ async fn gate(State(shared): State<Shared>, mut request: Request, next: Next) ->
             (f.status, f.retry_after_secs)
         })
     };
-    let stats = CsvStats::default();
-    let response = if !authorised || fault.is_some() {
+    let domain = path.strip_prefix("/lookup-api/lookup/").map(|rest| rest.split('/').next().unwrap_or_default());
+    let unknown_domain =
+        domain.filter(|d| lock(&shared).domains.as_ref().is_some_and(|known| !known.iter().any(|k| k == d)));
+    let stats = DeployStats::default();
+    let response = if !authorised || fault.is_some() || unknown_domain.is_some() {
         // Read the body first so that a client still sending it gets the answer, not a reset connection.
         let mut body = std::mem::take(request.body_mut()).into_data_stream();
         while let Some(Ok(_)) = body.next().await {}
-        match fault {
+        match (fault, unknown_domain) {
             _ if !authorised => reply(StatusCode::UNAUTHORIZED, "invalid or expired token"),
-            Some((status, retry_after)) => {
+            (_, Some(domain)) => reply(StatusCode::NOT_FOUND, format!("domain {domain} not found")),
+            (Some((status, retry_after)), None) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let mut response = reply(status, "stand-in fault, as asked");
                 if let Some(seconds) = retry_after {
@@ -297,14 +328,15 @@ async fn gate(State(shared): State<Shared>, mut request: Request, next: Next) ->
                 }
                 response
             }
-            None => unreachable!("handled by the first arm"),
+            (None, None) => unreachable!("handled by the first arm"),
         }
     } else {
         request.extensions_mut().insert(stats.clone());
         next.run(request).await
     };
-    let (csv_bytes, csv_rows) = *stats.0.lock().unwrap_or_else(|p| p.into_inner());
-    lock(&shared).log.push(ApiRequest { method, path, status: response.status().as_u16(), csv_bytes, csv_rows });
+    let DeploySeen { csv_bytes, csv_rows, columns } = std::mem::take(&mut *stats.seen());
+    let status = response.status().as_u16();
+    lock(&shared).log.push(ApiRequest { method, path, status, csv_bytes, csv_rows, deploy_columns: columns });
     response
 }
 
@@ -445,7 +477,7 @@ async fn deploy(
     State(shared): State<Shared>,
     method: Method,
     Path(key): Path<LookupKey>,
-    Extension(stats): Extension<CsvStats>,
+    Extension(stats): Extension<DeployStats>,
     mut multipart: Multipart,
 ) -> Response {
     let mut config = None;
@@ -459,7 +491,10 @@ async fn deploy(
         match field.name() {
             Some("deploy-config") => {
                 match field.bytes().await.map_err(|e| e.to_string()).and_then(|b| DeployConfig::parse(&b)) {
-                    Ok(c) => config = Some(c),
+                    Ok(c) => {
+                        stats.seen().columns = c.columns.clone();
+                        config = Some(c);
+                    }
                     Err(e) => return reply(StatusCode::BAD_REQUEST, e),
                 }
             }
@@ -499,7 +534,10 @@ async fn deploy(
                 drop(tx);
                 let result = parser.await.unwrap_or_else(|e| Err(format!("CSV parser crashed: {e}")));
                 let rows = result.as_ref().map(|(_, n)| *n).unwrap_or(0);
-                *stats.0.lock().unwrap_or_else(|p| p.into_inner()) = (bytes, rows);
+                {
+                    let mut seen = stats.seen();
+                    (seen.csv_bytes, seen.csv_rows) = (bytes, rows);
+                }
                 if let Some(failure) = failure {
                     return reply(StatusCode::BAD_REQUEST, failure);
                 }
@@ -526,18 +564,22 @@ async fn deploy(
             columns: stored_columns,
             rows: rows.into_iter().map(|row| (row[0].clone(), row)).collect(),
         }),
-        (false, Some(table), true) if config.delete => {
-            if stored_columns[0] != table.columns[0] {
-                return reply(StatusCode::BAD_REQUEST, "a delete must name the lookup's key column");
-            }
+        // A deploy's columns may be taken as the lookup's definition, so an append (add or del) must describe
+        // the lookup exactly, as Devo's own delete example does.
+        (false, Some(table), true) if stored_columns != table.columns => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "append columns {} differ from the lookup's {}",
+                    describe_columns(&config.columns),
+                    describe_columns(&table.columns)
+                ),
+            );
+        }
+        (false, Some(_), true) if config.delete => {
             Change::Delete(rows.into_iter().map(|mut row| row.swap_remove(0)).collect())
         }
-        (false, Some(table), true) => {
-            if stored_columns != table.columns {
-                return reply(StatusCode::BAD_REQUEST, "appended columns differ from the lookup's");
-            }
-            Change::Upsert(rows)
-        }
+        (false, Some(_), true) => Change::Upsert(rows),
     };
     let id = new_job_id();
     let fail = state.fail_next_job.take();
@@ -555,6 +597,12 @@ async fn deploy(
     state.job_order.entry(key).or_default().push(id.clone());
     let body = if state.job_id_in_response { json!({"jobId": id}) } else { json!({}) };
     (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+/// `[ioc STRING, score INT8]`: columns as an error message shows them.
+fn describe_columns(columns: &[(String, String)]) -> String {
+    let each: Vec<String> = columns.iter().map(|(name, ty)| format!("{name} {ty}")).collect();
+    format!("[{}]", each.join(", "))
 }
 
 /// Reads CSV rows, checks the header and each row's width, and returns them as `shape` makes them (key first),

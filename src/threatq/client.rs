@@ -141,6 +141,19 @@ impl Client {
         Ok(())
     }
 
+    /// ThreatQ's clock, from the HTTP `Date` header of an unauthenticated request (for `doctor`'s clock skew);
+    /// `None` when the answer has no readable `Date`.
+    pub async fn server_time(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, Error> {
+        let response = self
+            .http
+            .get(self.base.clone())
+            .send()
+            .await
+            .map_err(|e| Error::Transport { host: self.host.clone(), detail: describe(e).0 })?;
+        let date = response.headers().get(reqwest::header::DATE).and_then(|v| v.to_str().ok());
+        Ok(date.and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok()).map(|d| d.to_utc()))
+    }
+
     /// The data collection named exactly `name`; when none is, the error lists up to three close names.
     pub async fn find_collection(&self, name: &str) -> Result<DataCollection, Error> {
         const PATH: &str = "/api/search/query";

@@ -43,6 +43,16 @@ pub enum Error {
     NoHash { name: String },
     #[error("ThreatQ has no connector category named {category:?} (it has: {})", .available.join(", "))]
     CategoryNotFound { category: String, available: Vec<String> },
+    #[error(
+        "ThreatQ at {host} has no connector named {name:?}: run once without a subcommand, which registers it, \
+         then fill its Configuration tab"
+    )]
+    NotRegistered { host: String, name: String },
+    #[error(
+        "this host's clock is {seconds} s off ThreatQ's at {host}; sign-in tokens and certificate dates depend on \
+         it: set the clock right (NTP)"
+    )]
+    ClockSkew { host: String, seconds: i64 },
 }
 
 fn closest_hint(closest: &[String]) -> String {

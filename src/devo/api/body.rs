@@ -14,29 +14,22 @@ use crate::devo::{Column, ColumnType, Error, Row, RowSource};
 /// How big a CSV chunk grows before it is handed to the connection.
 const CHUNK_BYTES: usize = 64 * 1024;
 
-/// What one `deploy-csv` request does to the lookup.
+/// What one `deploy-csv` request does to the lookup. Every mode describes the whole lookup (all columns, the
+/// first as key, a full CSV header), as Devo's own delete example does: a deploy may be taken as the lookup's
+/// definition, so one that named fewer columns would cut the lookup down to them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum DeployMode {
     /// The rows become the whole lookup (POST to create, PUT to replace).
     Replace,
     /// Upsert by key, keeping the other rows (`"append": true`).
     Upsert,
-    /// Delete the rows with these keys (`"append": true, "contribution": {"type": "del"}`); only the key column
-    /// is sent, since the exporter may know nothing else of a row that left the collection.
+    /// Delete the rows with these keys (`"append": true, "contribution": {"type": "del"}`). Only the key of each
+    /// row counts: the exporter may know nothing else of a row that left the collection, so the other columns
+    /// carry [`filler`] values.
     Delete,
 }
 
-impl DeployMode {
-    /// The columns this mode sends: the key alone for deletes.
-    pub(super) fn columns(self, columns: &[Column]) -> &[Column] {
-        match self {
-            DeployMode::Delete => &columns[..columns.len().min(1)],
-            DeployMode::Replace | DeployMode::Upsert => columns,
-        }
-    }
-}
-
-fn devo_type(ty: ColumnType) -> &'static str {
+pub(super) fn devo_type(ty: ColumnType) -> &'static str {
     match ty {
         ColumnType::Str => "STRING",
         ColumnType::Int | ColumnType::Int8 => "INT8",
@@ -47,13 +40,22 @@ fn devo_type(ty: ColumnType) -> &'static str {
     }
 }
 
-/// The `deploy-config` part: the columns sent (see [`DeployMode::columns`]), a header row, the first column as key.
+/// A value every column of type `ty` accepts, for the non-key columns of a row to delete.
+fn filler(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Str => "",
+        ColumnType::Int | ColumnType::Int4 | ColumnType::Int8 | ColumnType::Float => "0",
+        ColumnType::Bool => "false",
+        ColumnType::Ip4 => "0.0.0.0",
+    }
+}
+
+/// The `deploy-config` part: every column with its type, a header row, the first column as key.
 pub(super) fn deploy_config(columns: &[Column], mode: DeployMode) -> Value {
-    let sent = mode.columns(columns);
     let mut config = json!({
-        "columns": sent.iter().map(|c| json!({"name": c.name, "type": devo_type(c.ty)})).collect::<Vec<_>>(),
+        "columns": columns.iter().map(|c| json!({"name": c.name, "type": devo_type(c.ty)})).collect::<Vec<_>>(),
         "hasHeader": true,
-        "key": {"type": "column", "column": sent.first().map(|c| c.name.as_str()).unwrap_or_default()},
+        "key": {"type": "column", "column": columns.first().map(|c| c.name.as_str()).unwrap_or_default()},
     });
     match mode {
         DeployMode::Replace => {}
@@ -72,19 +74,19 @@ pub(super) struct CsvChunks<'a> {
     rows: Box<dyn Iterator<Item = io::Result<Row>> + Send + 'a>,
     header: Option<Vec<&'a str>>,
     width: usize,
-    key_only: bool,
+    /// For deletes: what follows each key, a [`filler`] value for every other column.
+    fillers: Option<Vec<&'static str>>,
     sent: u64,
     done: bool,
 }
 
 impl<'a> CsvChunks<'a> {
     pub(super) fn new(columns: &'a [Column], mode: DeployMode, rows: &'a dyn RowSource) -> Self {
-        let sent = mode.columns(columns);
         Self {
             rows: rows.rows(),
-            header: Some(sent.iter().map(|c| c.name.as_str()).collect()),
+            header: Some(columns.iter().map(|c| c.name.as_str()).collect()),
             width: columns.len(),
-            key_only: mode == DeployMode::Delete,
+            fillers: (mode == DeployMode::Delete).then(|| columns.iter().skip(1).map(|c| filler(c.ty)).collect()),
             sent: 0,
             done: false,
         }
@@ -96,7 +98,7 @@ impl<'a> CsvChunks<'a> {
     }
 
     fn check(&self, row: &Row) -> Result<(), Error> {
-        let fits = if self.key_only { !row.is_empty() } else { row.len() == self.width };
+        let fits = if self.fillers.is_some() { !row.is_empty() } else { row.len() == self.width };
         if fits {
             return Ok(());
         }
@@ -139,8 +141,11 @@ impl Iterator for CsvChunks<'_> {
                 self.done = true;
                 return Some(Err(e));
             }
-            let fields = if self.key_only { &row[..1] } else { &row[..] };
-            csv.write_record(fields).expect(IN_MEMORY);
+            match &self.fillers {
+                Some(fillers) => csv.write_record(std::iter::once(row[0].as_str()).chain(fillers.iter().copied())),
+                None => csv.write_record(&row),
+            }
+            .expect(IN_MEMORY);
             self.sent += 1;
         }
         let chunk = csv.into_inner().expect(IN_MEMORY);
@@ -224,15 +229,16 @@ mod tests {
     }
 
     #[test]
-    fn upserts_append_and_deletes_send_the_key_alone_as_a_del_contribution() {
+    fn every_mode_describes_the_whole_lookup_and_deletes_are_a_del_contribution() {
+        let replace = deploy_config(&columns(), DeployMode::Replace);
         let upsert = deploy_config(&columns(), DeployMode::Upsert);
         assert_eq!(upsert["append"], true);
         assert!(upsert.get("contribution").is_none());
         let delete = deploy_config(&columns(), DeployMode::Delete);
-        assert_eq!(
-            delete.to_string(),
-            r#"{"columns":[{"name":"ioc","type":"STRING"}],"hasHeader":true,"key":{"type":"column","column":"ioc"},"append":true,"contribution":{"type":"del"}}"#
-        );
+        assert_eq!((delete["append"].clone(), delete["contribution"].clone()), (json!(true), json!({"type": "del"})));
+        for config in [&upsert, &delete] {
+            assert_eq!((&config["columns"], &config["key"]), (&replace["columns"], &replace["key"]));
+        }
     }
 
     #[test]
@@ -266,9 +272,15 @@ mod tests {
     }
 
     #[test]
-    fn deletes_send_only_the_key_of_each_row() {
-        let rows: Vec<Row> = vec![vec!["gone.example".into()], vec!["also,gone".into(), "3".into()]];
-        assert_eq!(csv_of(&columns(), DeployMode::Delete, &rows), "ioc\r\ngone.example\r\n\"also,gone\"\r\n");
+    fn deletes_send_the_full_header_each_key_and_values_each_column_type_accepts() {
+        let rows: Vec<Row> = vec![vec!["gone.example".into()], vec!["also,gone".into(), "3".into(), "x".into()]];
+        assert_eq!(
+            csv_of(&columns(), DeployMode::Delete, &rows),
+            "ioc,score,ip,ok\r\ngone.example,0,0.0.0.0,false\r\n\"also,gone\",0,0.0.0.0,false\r\n"
+        );
+        let text: Vec<Column> =
+            ["ioc", "tags"].into_iter().map(|name| Column { name: name.into(), ty: ColumnType::Str }).collect();
+        assert_eq!(csv_of(&text, DeployMode::Delete, &vec![vec!["k".to_owned()]]), "ioc,tags\r\nk,\r\n");
     }
 
     #[test]

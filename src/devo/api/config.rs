@@ -35,6 +35,7 @@ pub struct ApiConfig {
     pub extra_ca_pem: Option<String>,
     /// How long to wait for Devo's job to report success or failure after an upload.
     pub job_timeout: Duration,
+    /// The longest pause between two polls of a job (they start at 0.25 s and double up to this).
     pub poll_interval: Duration,
     /// Connect timeout, and the longest silence while reading a response.
     pub io_timeout: Duration,
@@ -42,7 +43,7 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
-    /// A configuration with the default timings (job timeout 10 min, polls every 2 s, I/O timeout 60 s).
+    /// A configuration with the default timings (job timeout 10 min, polls at most 5 s apart, I/O timeout 60 s).
     pub fn new(base_url: Url, domain: impl Into<String>, token: SecretString) -> Result<Self, ConfigError> {
         let domain = domain.into();
         if domain.trim().is_empty() {
@@ -54,7 +55,7 @@ impl ApiConfig {
             token,
             extra_ca_pem: None,
             job_timeout: Duration::from_secs(600),
-            poll_interval: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(5),
             io_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
         })

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use self::body::{CsvChunks, DeployMode, Pumped};
 pub use self::config::{ApiConfig, RetryPolicy, base_url};
-use super::{Delivery, Error, Receipt, RowSource, Table, Uploader};
+use super::{Delivery, Error, Inspection, Probe, Receipt, RowSource, Table, Uploader};
 use crate::connector::config::ConfigError;
 
 /// Uploads lookups through the Lookups API with a Bearer token.
@@ -73,16 +73,16 @@ impl LookupsApiUploader {
         Error::Remote { endpoint: self.endpoint(), message: message.into() }
     }
 
-    /// `{base}/lookup/{domain}/{name}/{more...}`, each segment percent-encoded.
-    fn url(&self, table: &Table, more: &[&str]) -> Url {
+    /// `{base}/lookup/{domain}/{more...}`, each segment percent-encoded.
+    fn domain_url(&self, more: &[&str]) -> Url {
         let mut url = self.config.base_url.clone();
-        url.path_segments_mut()
-            .expect("an https URL has a path")
-            .push("lookup")
-            .push(&self.config.domain)
-            .push(&table.name)
-            .extend(more);
+        url.path_segments_mut().expect("an https URL has a path").push("lookup").push(&self.config.domain).extend(more);
         url
+    }
+
+    /// `{base}/lookup/{domain}/{name}/{more...}`.
+    fn url(&self, table: &Table, more: &[&str]) -> Url {
+        self.domain_url(&[&[table.name.as_str()][..], more].concat())
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retry policy is spent; returns the value and
@@ -287,11 +287,13 @@ impl LookupsApiUploader {
         Ok((rows_sent, named_job))
     }
 
-    /// Polls the job until it reports success (Ok), failure (its message), or `job_timeout` passes.
+    /// Polls the job until it reports success (Ok), failure (its message), or `job_timeout` passes. The pauses
+    /// between polls start short and double up to `poll_interval` (see [`poll_pauses`]).
     async fn wait_for_job(&self, table: &Table, job: &str) -> Result<(), Error> {
         let url = self.url(table, &["job", job]);
         let deadline = Instant::now() + self.config.job_timeout;
         let what = format!("the job {job} of lookup {:?}", table.name);
+        let mut pauses = poll_pauses(self.config.poll_interval);
         loop {
             let status = self.get_json(&format!("checking {what}"), &url).await?.unwrap_or(Value::Null);
             match job_state(&status) {
@@ -301,14 +303,15 @@ impl LookupsApiUploader {
                 }
                 JobState::Pending => tracing::debug!(%job, "job not finished yet"),
             }
-            if Instant::now() + self.config.poll_interval > deadline {
+            let pause = pauses.next().expect("the pauses never end");
+            if Instant::now() + pause > deadline {
                 return Err(self.remote(format!(
                     "{what} did not finish within {:?}; the run is not counted as delivered and the next run \
                      sends these rows again",
                     self.config.job_timeout
                 )));
             }
-            tokio::time::sleep(self.config.poll_interval).await;
+            tokio::time::sleep(pause).await;
         }
     }
 }
@@ -317,15 +320,22 @@ impl LookupsApiUploader {
 impl Uploader for LookupsApiUploader {
     async fn deliver(&self, table: &Table, delivery: Delivery<'_>) -> Result<Receipt, Error> {
         table.check()?;
-        let exists = self.get_json("reading the lookup", &self.url(table, &[])).await?.is_some();
+        let metadata = self.get_json("reading the lookup", &self.url(table, &[])).await?;
         let deployed = match delivery {
-            Delivery::Full(rows) => vec![self.deploy(table, DeployMode::Replace, !exists, rows).await?],
+            Delivery::Full(rows) => vec![self.deploy(table, DeployMode::Replace, metadata.is_none(), rows).await?],
             Delivery::Changes { upserts, deletes } => {
-                if !exists {
+                let Some(metadata) = metadata else {
                     return Err(Error::LookupMissing {
                         endpoint: self.endpoint(),
                         domain: self.config.domain.clone(),
                         lookup: table.name.clone(),
+                    });
+                };
+                if let Some(differs) = definition_differences(table, &metadata) {
+                    return Err(Error::LookupRedefined {
+                        endpoint: self.endpoint(),
+                        lookup: table.name.clone(),
+                        differs,
                     });
                 }
                 let mut deployed = Vec::new();
@@ -344,6 +354,15 @@ impl Uploader for LookupsApiUploader {
         })
     }
 
+    async fn inspect(&self, table: &Table) -> Result<Inspection, Error> {
+        Ok(match self.get_json("reading the lookup", &self.url(table, &[])).await? {
+            None => Inspection { rows: Some(0), differs: None },
+            Some(metadata) => {
+                Inspection { rows: reported_rows(&metadata), differs: definition_differences(table, &metadata) }
+            }
+        })
+    }
+
     fn describe(&self) -> String {
         format!("Devo Lookups API at {} (domain {})", self.config.base_url, self.config.domain)
     }
@@ -357,6 +376,118 @@ impl Uploader for LookupsApiUploader {
     }
 }
 
+impl LookupsApiUploader {
+    /// `doctor`'s checks, each one request tried once: the token (listing the domain's lookups), the domain, the
+    /// lookup, its columns and key, and its last job. Only reads.
+    pub async fn preflight(&self, table: &Table) -> Vec<Probe> {
+        let once = Self {
+            client: self.client.clone(),
+            config: ApiConfig {
+                retry: RetryPolicy { max_attempts: 1, ..self.config.retry.clone() },
+                ..self.config.clone()
+            },
+        };
+        once.probes(table).await
+    }
+
+    async fn probes(&self, table: &Table) -> Vec<Probe> {
+        let domain = &self.config.domain;
+        let listed = match self.get_json("listing the domain's lookups", &self.domain_url(&[])).await {
+            Err(e) => return vec![Probe::new("Devo API token", Err(e))],
+            Ok(listed) => listed,
+        };
+        let mut probes = vec![Probe::new("Devo API token", Ok(format!("accepted by {}", self.endpoint())))];
+        let Some(listed) = listed else {
+            let unknown = ConfigError::invalid(
+                "devo_domain",
+                format!(
+                    "Devo at {} knows no domain {domain:?} (HTTP 404): check the domain's name, and that the token \
+                     was made in that domain",
+                    self.endpoint()
+                ),
+            );
+            probes.push(Probe::new("Devo domain", Err(unknown.into())));
+            return probes;
+        };
+        let count = listed.get("lookups").and_then(Value::as_array).map_or(0, Vec::len);
+        probes.push(Probe::new("Devo domain", Ok(format!("{domain}, lookups in it: {count}"))));
+        let metadata = match self.get_json("reading the lookup", &self.url(table, &[])).await {
+            Ok(Some(metadata)) => metadata,
+            Ok(None) => {
+                probes
+                    .push(Probe::new("Devo lookup", Ok(format!("{} is absent: the next run creates it", table.name))));
+                return probes;
+            }
+            Err(e) => {
+                probes.push(Probe::new("Devo lookup", Err(e)));
+                return probes;
+            }
+        };
+        let rows = reported_rows(&metadata).map_or(String::new(), |n| format!(", {n} rows"));
+        probes.push(Probe::new("Devo lookup", Ok(format!("{} exists{rows}", table.name))));
+        let columns = match definition_differences(table, &metadata) {
+            None => Ok(format!(
+                "{} columns, key {}, as the exporter writes them",
+                table.columns.len(),
+                table.columns[0].name
+            )),
+            Some(differs) => Err(self.remote(format!(
+                "lookup {:?} {differs}; the next run replaces the lookup whole, with the exporter's columns",
+                table.name
+            ))),
+        };
+        probes.push(Probe::new("Devo lookup columns", columns));
+        probes.push(Probe::new("Devo last job", self.last_job(table).await));
+        probes
+    }
+
+    /// The status of the lookup's newest job, as a line; a failed job is an error.
+    async fn last_job(&self, table: &Table) -> Result<String, Error> {
+        let Some(job) = self.job_ids(table).await?.pop() else { return Ok("none yet".into()) };
+        let what = format!("checking the job {job}");
+        let status = self.get_json(&what, &self.url(table, &["job", &job])).await?.unwrap_or(Value::Null);
+        match job_state(&status) {
+            JobState::Succeeded => Ok(format!("{job} succeeded")),
+            JobState::Pending => Ok(format!("{job} has not finished")),
+            JobState::Failed(message) => Err(self
+                .remote(format!("the lookup's last job {job} failed: {message}; the next run uploads the rows again"))),
+        }
+    }
+}
+
+/// How the lookup Devo describes differs from `table` (columns, their types and order, the key), or `None` when
+/// it does not or Devo does not say. Devo does not publish this document's shape: `columns` as
+/// `[{"name", "type"}]` and `key` as a column name (or `{"column": name}`) are read, anything else is not judged.
+fn definition_differences(table: &Table, metadata: &Value) -> Option<String> {
+    let theirs: Vec<(String, String)> = metadata
+        .get("columns")?
+        .as_array()?
+        .iter()
+        .map(|c| Some((c.get("name")?.as_str()?.to_owned(), c.get("type")?.as_str()?.to_ascii_uppercase())))
+        .collect::<Option<_>>()?;
+    let key = metadata.get("key").and_then(|k| k.as_str().or_else(|| k.get("column")?.as_str()));
+    let ours: Vec<(String, String)> =
+        table.columns.iter().map(|c| (c.name.clone(), body::devo_type(c.ty).to_owned())).collect();
+    let our_key = ours[0].0.as_str();
+    if theirs == ours && key.is_none_or(|k| k == our_key) {
+        return None;
+    }
+    let show = |columns: &[(String, String)]| {
+        columns.iter().map(|(name, ty)| format!("{name} {ty}")).collect::<Vec<_>>().join(", ")
+    };
+    Some(format!(
+        "has the columns [{}] with key {}, the exporter writes [{}] with key {our_key}",
+        show(&theirs),
+        key.unwrap_or("(not said)"),
+        show(&ours)
+    ))
+}
+
+/// The row count in the lookup's metadata, under one of the names it might have.
+fn reported_rows(metadata: &Value) -> Option<u64> {
+    ["rows", "size", "count", "rowCount", "numRows"].iter().find_map(|k| metadata.get(k)?.as_u64())
+}
+
 impl DeployMode {
     fn describe(self) -> &'static str {
         match self {
@@ -365,6 +496,15 @@ impl DeployMode {
             DeployMode::Delete => "deletes",
         }
     }
+}
+
+/// The first pause before asking again whether a job finished: a small upload's job is usually done by then.
+const FIRST_POLL: Duration = Duration::from_millis(250);
+
+/// The pauses between job polls: [`FIRST_POLL`], doubling up to `cap`, so a small run ends in a fraction of a
+/// second while a long job is not asked about more than once per `cap`.
+fn poll_pauses(cap: Duration) -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(FIRST_POLL.min(cap)), move |pause| Some((*pause * 2).min(cap)))
 }
 
 /// What a job status says. Devo does not publish its shape: a `status` field (or the last entry of `history`)
@@ -441,6 +581,14 @@ mod tests {
         for pending in [json!({"status": "RUNNING"}), json!({"state": "done"}), json!([1, 2]), Value::Null] {
             assert_eq!(job_state(&pending), JobState::Pending, "{pending}");
         }
+    }
+
+    #[test]
+    fn job_polls_start_fast_and_back_off_to_the_cap() {
+        let pauses: Vec<u64> = poll_pauses(Duration::from_secs(5)).take(7).map(|p| p.as_millis() as u64).collect();
+        assert_eq!(pauses, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+        let capped: Vec<Duration> = poll_pauses(Duration::from_millis(50)).take(2).collect();
+        assert_eq!(capped, [Duration::from_millis(50); 2]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::connector::config::{ConfigError, DevoSettings, Region, UploadMethod};
-use crate::devo::{self, Delivery, Receipt, RowSource, Table, pem};
+use crate::devo::{self, Delivery, Probe, Receipt, RowSource, Table, pem};
 use encode::{Action, EncoderMode, LookupEncoder};
 
 /// Lines are gathered up to this size before a write, so a large upload is not one TLS record per row.
@@ -364,6 +364,11 @@ impl devo::Uploader for RelayUploader {
         }
     }
 
+    /// A relay cannot be asked what a lookup holds.
+    async fn inspect(&self, _table: &Table) -> Result<devo::Inspection, devo::Error> {
+        Ok(devo::Inspection::default())
+    }
+
     fn describe(&self) -> String {
         format!("Devo relay {} (X.509, {:?} encoding)", self.config.endpoint(), self.config.mode)
     }
@@ -375,6 +380,131 @@ impl devo::Uploader for RelayUploader {
             domain: self.config.domain.clone(),
         }
     }
+}
+
+/// How long each step of `doctor`'s handshake may take.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `doctor`'s checks of the relay settings: the certificate's days to expiry, the key against the certificate,
+/// the chain CA; then, when those hold, TCP and a TLS handshake with the client certificate against the
+/// configured relay, closed at once: no line reaches the relay.
+pub async fn preflight(settings: &DevoSettings) -> Vec<Probe> {
+    let mut probes = Vec::new();
+    let mut push =
+        |check, outcome: Result<String, ConfigError>| probes.push(Probe::new(check, outcome.map_err(Into::into)));
+    match required(settings.certificate.as_deref(), "devo_certificate")
+        .and_then(|pem| pem::certificates("devo_certificate", pem))
+    {
+        Ok(certificates) => {
+            push(
+                "Devo certificate",
+                pem::expiry(&certificates[0]).map(|(day, left)| {
+                    let soon = if left < pem::EXPIRY_WARNING_DAYS { ": renew it in Devo soon" } else { "" };
+                    format!("expires on {day}, in {left} days{soon}")
+                }),
+            );
+            let key = settings.private_key.as_ref().ok_or_else(|| ConfigError::missing("devo_private_key"));
+            push(
+                "Devo private key",
+                key.and_then(|key| pem::identity(certificates, key)).map(|_| "matches the certificate".into()),
+            );
+        }
+        Err(e) => push("Devo certificate", Err(e)),
+    }
+    let chain = required(settings.chain_ca.as_deref(), "devo_chain_ca").and_then(pem::trust_roots);
+    push("Devo chain CA", chain.map(|roots| format!("certificates to trust: {}", roots.len())));
+    if probes.iter().any(|p| p.outcome.is_err()) {
+        return probes;
+    }
+    match RelayConfig::from_settings(settings) {
+        Ok(config) => probes.extend(handshake(&config).await),
+        Err(e) => probes.push(Probe::new("Devo relay endpoint", Err(e))),
+    }
+    probes
+}
+
+fn required<'a>(value: Option<&'a str>, field: &str) -> Result<&'a str, ConfigError> {
+    value.ok_or_else(|| ConfigError::missing(field))
+}
+
+/// TCP, TLS with the client certificate, then close_notify and a wait for the relay to close: a relay that
+/// refuses the certificate says so with an alert, which TLS 1.3 delivers only after the client's handshake.
+async fn handshake(config: &RelayConfig) -> Vec<Probe> {
+    let endpoint = config.endpoint();
+    let failed = |source: io::Error| Err(devo::Error::Io { endpoint: endpoint.clone(), source });
+    let timed = |what: &str| {
+        let message = format!("no answer within {} s while {what}", PREFLIGHT_TIMEOUT.as_secs());
+        move |_| io::Error::new(io::ErrorKind::TimedOut, message)
+    };
+    let tcp = tokio::time::timeout(PREFLIGHT_TIMEOUT, TcpStream::connect((config.host.as_str(), config.port)))
+        .await
+        .map_err(timed("connecting"))
+        .and_then(|connected| connected);
+    let tcp = match tcp {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let hint = io::Error::new(
+                e.kind(),
+                format!("cannot connect ({e}): check \"Custom Devo Endpoint\" or the region, and the firewall"),
+            );
+            return vec![Probe::new("Devo relay connection", failed(hint))];
+        }
+    };
+    let mut probes = vec![Probe::new("Devo relay connection", Ok(format!("{endpoint} answers")))];
+    let connector = TlsConnector::from(config.tls.clone());
+    let tls = tokio::time::timeout(PREFLIGHT_TIMEOUT, connector.connect(config.server_name.clone(), tcp))
+        .await
+        .map_err(timed("in the TLS handshake"))
+        .and_then(|connected| connected);
+    let mut tls = match tls {
+        Ok(tls) => tls,
+        Err(e) if matches!(rustls_error(&e), Some(rustls::Error::InvalidCertificate(_))) => {
+            let untrusted = io::Error::new(
+                e.kind(),
+                format!("the relay's certificate is not trusted ({e}): check \"Devo X.509 Chain CA\""),
+            );
+            probes.push(Probe::new("Devo relay trust", failed(untrusted)));
+            return probes;
+        }
+        // Not a verdict on the relay's certificate: whether it was trusted is not known.
+        Err(e) => {
+            probes.push(Probe::new("Devo relay handshake", failed(refused(e))));
+            return probes;
+        }
+    };
+    probes.push(Probe::new("Devo relay trust", Ok("the chain CA trusts the relay's certificate".into())));
+    let closed = async {
+        let shut = tls.shutdown().await;
+        let mut scratch = [0u8; 1024];
+        loop {
+            match tls.read(&mut scratch).await {
+                Ok(0) => return shut,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return shut,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let closed = tokio::time::timeout(PREFLIGHT_TIMEOUT, closed).await.map_err(timed("closing")).and_then(|c| c);
+    probes.push(Probe::new(
+        "Devo relay handshake",
+        closed.map(|()| "the relay accepted the certificate; no data was sent".into()).or_else(|e| failed(refused(e))),
+    ));
+    probes
+}
+
+fn refused(e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "the relay refused the TLS session ({e}): check that \"Devo X.509 Certificate\" is one this Devo domain issued"
+        ),
+    )
+}
+
+/// The rustls error inside an I/O error from the TLS stream, if that is what it is.
+fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
 type Tls = TlsStream<Watched>;
