@@ -11,8 +11,11 @@ fn main() -> ExitCode {
             Some(result) => result,
             None => tqdevo::connector::run::execute(&invocation),
         };
-        // The log file records failures too, while its writer (`_log`) is still alive to flush the line.
-        if let Err(e) = &result {
+        // The log file records a failed run too, while its writer (`_log`) is still alive to flush the line. (Other
+        // commands answer on stdout, which `-ll stdout` shares: `doctor --json` must stay one JSON object.)
+        if let Err(e) = &result
+            && matches!(invocation.command, cli::Command::Run)
+        {
             tracing::error!(target: logging::RECORD, exit_code = e.code(), "{e}");
         }
         result
