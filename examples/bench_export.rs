@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use tqdevo::connector::config::UploadMethod;
 use tqdevo::connector::run::{Outcome, RunContext, run};
 use tqdevo::connector::setup::LinePrompter;
+use tqdevo::devo::UploadMethod;
 use tqdevo::sandbox::devo_api::LookupsApiStandIn;
 use tqdevo::sandbox::stage::{Ports, Stage};
 

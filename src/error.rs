@@ -1,6 +1,6 @@
 //! The one error type the binary turns into an exit code and a message, and the one definition of the exit codes.
 
-use crate::{connector::config::ConfigError, devo, export, threatq};
+use crate::{devo, export, field::ConfigError, threatq};
 
 /// The documented exit codes. `Error::code`, the `--help` text and the README table come from (or are tested
 /// against) this list, so they cannot drift apart.
@@ -85,7 +85,7 @@ impl Error {
             Error::Usage(_) => Exit::Usage,
             Error::Config(_)
             | Error::LocalConfig(_)
-            | Error::Devo(devo::Error::Config(_) | devo::Error::Tls(_))
+            | Error::Devo(devo::Error::Config(_) | devo::Error::Tls(_) | devo::Error::Environment(_))
             | Error::ThreatQ(threatq::Error::Tls(_) | threatq::Error::Host { .. }) => Exit::Config,
             Error::ThreatQ(_) => Exit::ThreatQ,
             Error::Devo(_) => Exit::Devo,
@@ -122,8 +122,9 @@ mod tests {
             Error::ThreatQ(threatq::Error::Tls("THREATQ_CA_FILE /x: no certificates".into())),
             Error::ThreatQ(threatq::Error::Host { host: "[::1]8443".into(), problem: "bad".into() }),
             Error::Devo(devo::Error::Tls("DEVO_CA_FILE: no certificates".into())),
-            Error::Devo(devo::Error::Config(ConfigError::invalid("devo_custom_endpoint", "bad"))),
-            Error::LocalConfig("DEVO_CA_FILE=/x: cannot read the CA file".into()),
+            Error::Devo(devo::Error::Config(ConfigError::invalid(devo::label::CUSTOM_ENDPOINT, "bad"))),
+            Error::Devo(devo::Error::Environment("DEVO_CA_FILE=/x: cannot read the CA file".into())),
+            Error::LocalConfig("THREATQ_CA_FILE names /x, which is not a file".into()),
         ];
         for error in errors {
             assert_eq!(error.code(), 3, "{error}");

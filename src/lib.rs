@@ -7,6 +7,7 @@ pub mod connector;
 pub mod devo;
 mod error;
 pub mod export;
+pub mod field;
 pub mod sandbox;
 pub mod threatq;
 mod tls;

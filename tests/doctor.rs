@@ -4,7 +4,7 @@
 use predicates::str::contains;
 use secrecy::SecretString;
 use serde_json::Value;
-use tqdevo::connector::config::UploadMethod;
+use tqdevo::devo::UploadMethod;
 use tqdevo::devo::api::{ApiConfig, LookupsApiUploader};
 use tqdevo::devo::{Column, ColumnType, Delivery, Table, Uploader as _};
 use tqdevo::sandbox::certs::TestCa;

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tqdevo::connector::config::UploadMethod;
 use tqdevo::connector::run::Outcome;
+use tqdevo::devo::UploadMethod;
 use tqdevo::export::State;
 use tqdevo::sandbox::threatq::{Fault, Rewrite};
 

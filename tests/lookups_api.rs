@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use tqdevo::connector::config::Region;
+use tqdevo::devo::Region;
 use tqdevo::devo::api::{ApiConfig, LookupsApiUploader, RetryPolicy};
 use tqdevo::devo::{Column, ColumnType, Delivery, Error, Inspection, Row, RowSource, Table, Uploader};
 use tqdevo::sandbox::devo_api::{ApiRequest, DEFAULT_TOKEN, LookupsApiStandIn};

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use tqdevo::connector::config::SecretText;
 use tqdevo::devo::relay::encode::{Action, EncoderMode, LookupEncoder, decode_fields, is_python_space, run_id};
 use tqdevo::devo::relay::{RelayConfig, RelayUploader};
 use tqdevo::devo::{Column, ColumnType, Delivery, Row, Table, Uploader};
+use tqdevo::field::SecretText;
 use tqdevo::sandbox::certs::TestCa;
 use tqdevo::sandbox::relay::{Faults, RelayStandIn};
 
@@ -197,7 +197,7 @@ async fn configuration_mistakes_name_the_field_and_never_show_the_key() {
     let good = relay.devo_settings();
     let key_body = |pem: &str| pem.lines().nth(1).unwrap().to_owned();
 
-    let cases: Vec<(&str, tqdevo::connector::config::DevoSettings, &str)> = vec![
+    let cases: Vec<(&str, tqdevo::devo::DevoSettings, &str)> = vec![
         ("Devo X.509 Certificate", with(&good, |s| s.certificate = Some("hello".into())), "not PEM"),
         (
             "Devo X.509 Certificate",
@@ -244,9 +244,9 @@ async fn configuration_mistakes_name_the_field_and_never_show_the_key() {
 }
 
 fn with(
-    settings: &tqdevo::connector::config::DevoSettings,
-    change: impl FnOnce(&mut tqdevo::connector::config::DevoSettings),
-) -> tqdevo::connector::config::DevoSettings {
+    settings: &tqdevo::devo::DevoSettings,
+    change: impl FnOnce(&mut tqdevo::devo::DevoSettings),
+) -> tqdevo::devo::DevoSettings {
     let mut settings = settings.clone();
     change(&mut settings);
     settings
@@ -633,9 +633,9 @@ async fn rsyslog_over_mutual_tls_receives_exactly_the_lines_sent() {
     assert!(!matches!(refused, Ok(n) if n > 0), "rsyslog answered a client without a certificate: {refused:?}");
 
     let client = ca.client("tq-exporter", "rsyslog_domain");
-    let settings = tqdevo::connector::config::DevoSettings {
-        method: tqdevo::connector::config::UploadMethod::Relay,
-        region: tqdevo::connector::config::Region::Custom,
+    let settings = tqdevo::devo::DevoSettings {
+        method: tqdevo::devo::UploadMethod::Relay,
+        region: tqdevo::devo::Region::Custom,
         custom_endpoint: Some(format!("localhost:{port}")),
         domain: None,
         api_token: None,

@@ -3,52 +3,19 @@
 //! validated [`Settings`].
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, json_schema};
-use secrecy::{ExposeSecret, SecretString};
+use schemars::{JsonSchema, generate::SchemaSettings};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::devo::{DevoSettings, Region, UploadMethod, label as devo_label};
+use crate::field::{ConfigError, SecretText, parse_bool};
 use crate::threatq::{ConnectorDefinition, FieldDef};
 
 /// The connector's name in ThreatQ when no `-n/--name` is given.
 pub const CONNECTOR_NAME: &str = "tq-conn-devo-ioc-exporter";
-
-/// How rows reach Devo.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum UploadMethod {
-    /// Lookups API (token)
-    #[default]
-    #[serde(rename = "lookups-api")]
-    LookupsApi,
-    /// X.509 relay (legacy)
-    #[serde(rename = "relay")]
-    Relay,
-}
-
-/// Which Devo cloud to talk to; `Custom` takes the endpoint from "Custom Devo Endpoint".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum Region {
-    /// US
-    #[default]
-    #[serde(rename = "US")]
-    Us,
-    /// EU
-    #[serde(rename = "EU")]
-    Eu,
-    /// CA
-    #[serde(rename = "CA")]
-    Ca,
-    /// APAC
-    #[serde(rename = "APAC")]
-    Apac,
-    /// Custom
-    #[serde(rename = "Custom")]
-    Custom,
-}
 
 /// Whether each run sends only changes or replaces the whole lookup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -62,38 +29,6 @@ pub enum SyncMode {
     Full,
 }
 
-/// A value typed into a masked UI field. It never prints and is published as `writeOnly`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct SecretText(SecretString);
-
-impl SecretText {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(SecretString::from(value.into()))
-    }
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-    pub fn secret(&self) -> &SecretString {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl JsonSchema for SecretText {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "SecretText".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({"type": "string", "format": "password", "writeOnly": true})
-    }
-}
-
 /// The Configuration tab of the integration in ThreatQ. Field names are the `custom_fields` keys; titles are the
 /// labels the user sees and every error names.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -103,47 +38,47 @@ impl JsonSchema for SecretText {
 )]
 pub struct UiForm {
     /// Lookups API (REST, token) is the default; the X.509 relay is Devo's legacy syslog upload.
-    #[schemars(title = "Devo Upload Method")]
+    #[schemars(title = devo_label::UPLOAD_METHOD)]
     #[serde(default)]
     pub devo_upload_method: UploadMethod,
 
     /// Devo cloud region. Custom: set "Custom Devo Endpoint".
-    #[schemars(title = "Devo API Region")]
+    #[schemars(title = devo_label::REGION)]
     #[serde(default)]
     pub devo_region: Region,
 
     /// Custom region only: the Lookups API base URL (https://host/lookup-api), or the relay's host:port.
-    #[schemars(title = "Custom Devo Endpoint")]
+    #[schemars(title = devo_label::CUSTOM_ENDPOINT)]
     #[serde(default)]
     pub devo_custom_endpoint: Option<String>,
 
     /// Lookups API: the Devo domain that owns the lookup. Default: the certificate's subject, when one is given.
-    #[schemars(title = "Devo Domain")]
+    #[schemars(title = devo_label::DOMAIN)]
     #[serde(default)]
     pub devo_domain: Option<String>,
 
     /// Lookups API: a Devo API token allowed to manage lookups.
-    #[schemars(title = "Devo API Token")]
+    #[schemars(title = devo_label::API_TOKEN)]
     #[serde(default)]
     pub devo_api_token: Option<SecretText>,
 
     /// Relay: the PEM certificate from Devo's Administration → Credentials → X.509.
-    #[schemars(title = "Devo X.509 Certificate", extend("x-ui-widget" = "textarea"))]
+    #[schemars(title = devo_label::CERTIFICATE, extend("x-ui-widget" = "textarea"))]
     #[serde(default)]
     pub devo_certificate: Option<String>,
 
     /// Relay: the PEM private key of that certificate; it must match the certificate.
-    #[schemars(title = "Devo X.509 Private Key")]
+    #[schemars(title = devo_label::PRIVATE_KEY)]
     #[serde(default)]
     pub devo_private_key: Option<SecretText>,
 
     /// Relay: the PEM chain CA that signs the relay's certificate (the trust store for the relay).
-    #[schemars(title = "Devo X.509 Chain CA", extend("x-ui-widget" = "textarea"))]
+    #[schemars(title = devo_label::CHAIN_CA, extend("x-ui-widget" = "textarea"))]
     #[serde(default)]
     pub devo_chain_ca: Option<String>,
 
     /// The Devo Lookup List to keep equal to the collection: letters, digits and underscores.
-    #[schemars(title = "Lookup Table Name", regex(pattern = r"^[A-Za-z0-9_]+$"), length(min = 1))]
+    #[schemars(title = devo_label::LOOKUP_TABLE_NAME, regex(pattern = r"^[A-Za-z0-9_]+$"), length(min = 1))]
     pub lookup_table_name: String,
 
     /// The exact name of the ThreatQ Data Collection to export.
@@ -198,38 +133,6 @@ mod defaults {
     pub fn max_delete_percent() -> u8 {
         50
     }
-}
-
-/// A UI value that cannot be used, named by the label the user sees.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("UI field \"{label}\" is required")]
-    Missing { label: String },
-    #[error("UI field \"{label}\": {problem}")]
-    Invalid { label: String, problem: String },
-}
-
-impl ConfigError {
-    pub fn invalid(field: &str, problem: impl Into<String>) -> Self {
-        Self::Invalid { label: label(field).to_owned(), problem: problem.into() }
-    }
-    pub fn missing(field: &str) -> Self {
-        Self::Missing { label: label(field).to_owned() }
-    }
-}
-
-/// Where and how to deliver to Devo, as the UI says. PEM contents are checked by the Devo side, which names
-/// the field on error.
-#[derive(Clone, Debug)]
-pub struct DevoSettings {
-    pub method: UploadMethod,
-    pub region: Region,
-    pub custom_endpoint: Option<String>,
-    pub domain: Option<String>,
-    pub api_token: Option<SecretText>,
-    pub certificate: Option<String>,
-    pub private_key: Option<SecretText>,
-    pub chain_ca: Option<String>,
 }
 
 /// The validated configuration of one run.
@@ -370,22 +273,21 @@ fn typed_value(field: &str, prop: &Value, raw: &str) -> Result<Value, ConfigErro
             .map(|(value, _)| Value::from(*value))
             .ok_or_else(|| {
                 let allowed: Vec<&str> = opts.iter().map(|(v, _)| *v).collect();
-                ConfigError::invalid(field, format!("{} is not one of: {}", shown(raw), allowed.join(", ")))
+                ConfigError::invalid(label(field), format!("{} is not one of: {}", shown(raw), allowed.join(", ")))
             });
     }
     match base_type(prop) {
-        "boolean" => match raw.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "y" | "on" => Ok(Value::Bool(true)),
-            "false" | "0" | "no" | "n" | "off" => Ok(Value::Bool(false)),
-            _ => Err(ConfigError::invalid(field, format!("{} is not true or false", shown(raw)))),
-        },
+        "boolean" => parse_bool(raw)
+            .map(Value::Bool)
+            .ok_or_else(|| ConfigError::invalid(label(field), format!("{} is not true or false", shown(raw)))),
         "integer" => {
             let (min, max) = (prop["minimum"].as_i64(), prop["maximum"].as_i64());
             let range = format!("a whole number from {} to {}", min.unwrap_or(0), max.unwrap_or(i64::MAX));
-            let n: i64 =
-                raw.parse().map_err(|_| ConfigError::invalid(field, format!("{} is not {range}", shown(raw))))?;
+            let n: i64 = raw
+                .parse()
+                .map_err(|_| ConfigError::invalid(label(field), format!("{} is not {range}", shown(raw))))?;
             if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
-                return Err(ConfigError::invalid(field, format!("{n} is out of range: {range}")));
+                return Err(ConfigError::invalid(label(field), format!("{n} is out of range: {range}")));
             }
             Ok(Value::from(n))
         }
@@ -395,7 +297,7 @@ fn typed_value(field: &str, prop: &Value, raw: &str) -> Result<Value, ConfigErro
                 debug_assert_eq!(pattern, r"^[A-Za-z0-9_]+$");
                 if !crate::devo::is_valid_name(raw) {
                     return Err(ConfigError::invalid(
-                        field,
+                        label(field),
                         format!("{} may hold only letters A-Z a-z, digits and underscores", shown(raw)),
                     ));
                 }
@@ -417,7 +319,7 @@ pub fn parse_custom_fields(custom_fields: &BTreeMap<String, String>) -> Result<S
         let raw = custom_fields.get(name).map(|v| v.trim()).unwrap_or_default();
         if raw.is_empty() {
             if required().contains(&name.as_str()) {
-                return Err(ConfigError::missing(name));
+                return Err(ConfigError::missing(label(name)));
             }
             continue;
         }
@@ -446,32 +348,35 @@ impl UiForm {
             chain_ca: non_empty(self.devo_chain_ca),
         };
         if devo.region == Region::Custom && devo.custom_endpoint.is_none() {
-            return Err(ConfigError::invalid("devo_custom_endpoint", "is required when \"Devo API Region\" is Custom"));
+            return Err(ConfigError::invalid(
+                devo_label::CUSTOM_ENDPOINT,
+                "is required when \"Devo API Region\" is Custom",
+            ));
         }
         match devo.method {
             UploadMethod::LookupsApi => {
                 if devo.api_token.is_none() {
                     return Err(ConfigError::invalid(
-                        "devo_api_token",
+                        devo_label::API_TOKEN,
                         "is required for the Lookups API upload method",
                     ));
                 }
                 if devo.domain.is_none() && devo.certificate.is_none() {
                     return Err(ConfigError::invalid(
-                        "devo_domain",
+                        devo_label::DOMAIN,
                         "is required for the Lookups API upload method (or paste the X.509 certificate, whose \
                          subject names the domain)",
                     ));
                 }
             }
             UploadMethod::Relay => {
-                for (field, set) in [
-                    ("devo_certificate", devo.certificate.is_some()),
-                    ("devo_private_key", devo.private_key.is_some()),
-                    ("devo_chain_ca", devo.chain_ca.is_some()),
+                for (field_label, set) in [
+                    (devo_label::CERTIFICATE, devo.certificate.is_some()),
+                    (devo_label::PRIVATE_KEY, devo.private_key.is_some()),
+                    (devo_label::CHAIN_CA, devo.chain_ca.is_some()),
                 ] {
                     if !set {
-                        return Err(ConfigError::invalid(field, "is required for the X.509 relay upload method"));
+                        return Err(ConfigError::invalid(field_label, "is required for the X.509 relay upload method"));
                     }
                 }
             }

@@ -6,10 +6,10 @@ use std::io::Write;
 
 use serde_json::json;
 
-use super::config::UploadMethod;
 use super::run::{self, Outcome, RunContext};
 use super::setup::LinePrompter;
 use crate::Error;
+use crate::devo::UploadMethod;
 use crate::sandbox::stage::{self, Ports, Stage};
 
 /// IOCs the demo's ThreatQ holds.

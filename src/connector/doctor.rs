@@ -144,7 +144,7 @@ fn local_checks(dir: &Path, name: &str, cron_dir: &Path, env: Env, checks: &mut 
         );
         check("Password", password_whereabouts(dir, local, env));
     }
-    check("Devo environment", DevoOptions::from_env(env).map(|o| describe_options(&o)));
+    check("Devo environment", DevoOptions::from_env(env).map_err(Into::into).map(|o| describe_options(&o)));
     let lock = lock::state(dir, name).map(|state| match state {
         LockState::Free => "free".to_owned(),
         LockState::Held { pid, age_seconds } => format!("held by pid {pid} for {age_seconds} s: a run is going on"),
@@ -313,7 +313,11 @@ mod tests {
                     "Devo lookup",
                     Err(devo::Error::Remote { endpoint: "e".into(), message: "gone".into() }.into()),
                 ),
-                Check::new(Area::ThreatQ, "UI configuration", Err(config::ConfigError::missing("devo_domain").into())),
+                Check::new(
+                    Area::ThreatQ,
+                    "UI configuration",
+                    Err(crate::field::ConfigError::missing(crate::devo::label::DOMAIN).into()),
+                ),
             ],
         };
         let json = report().json();

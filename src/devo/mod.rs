@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::connector::config::{ConfigError, DevoSettings, UploadMethod};
+use crate::field::ConfigError;
+
+pub use settings::{DevoSettings, Region, RegionHosts, UploadMethod, label};
 
 /// A column's type as Devo's lookups know it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -42,7 +44,7 @@ impl Table {
     /// Lookup and column names go unescaped into syslog tags, the headers JSON and URLs: `^[A-Za-z0-9_]+$`,
     /// columns unique. Errors name "Lookup Table Name", the only name a user chooses.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let invalid = |problem: String| ConfigError::invalid("lookup_table_name", problem);
+        let invalid = |problem: String| ConfigError::invalid(label::LOOKUP_TABLE_NAME, problem);
         if !is_valid_name(&self.name) {
             return Err(invalid(format!("{:?} may hold only letters A-Z a-z, digits and underscores", self.name)));
         }
@@ -158,7 +160,7 @@ impl Probe {
 pub enum Error {
     /// A UI value (PEM, endpoint, lookup or column name) that cannot be used.
     #[error(transparent)]
-    Config(#[from] crate::connector::config::ConfigError),
+    Config(#[from] ConfigError),
     #[error("Devo at {endpoint}: {message}")]
     Remote { endpoint: String, message: String },
     #[error("Devo at {endpoint}: {source}")]
@@ -178,11 +180,15 @@ pub enum Error {
     /// The trust settings for Devo's HTTPS endpoint (`DEVO_CA_FILE`, an untrusted certificate).
     #[error("Devo TLS: {0}")]
     Tls(String),
+    /// A `DEVO_*` environment variable that cannot be used; the message names it.
+    #[error("invalid configuration: {0}")]
+    Environment(String),
 }
 
 pub mod api;
 pub mod pem;
 pub mod relay;
+pub mod settings;
 
 /// Settings of the upload methods that come from the host rather than the UI.
 #[derive(Clone, Debug)]
@@ -208,10 +214,10 @@ fn seconds_from_env(
     var: &str,
     range: std::ops::RangeInclusive<f64>,
     default: Duration,
-) -> Result<Duration, crate::Error> {
+) -> Result<Duration, Error> {
     let Some(v) = env(var) else { return Ok(default) };
     let seconds = v.trim().parse::<f64>().ok().filter(|s| range.contains(s)).ok_or_else(|| {
-        crate::Error::LocalConfig(format!("{var}={v:?}: give seconds from {} to {}", range.start(), range.end()))
+        Error::Environment(format!("{var}={v:?}: give seconds from {} to {}", range.start(), range.end()))
     })?;
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -219,11 +225,12 @@ fn seconds_from_env(
 impl DevoOptions {
     /// Reads `DEVO_CA_FILE`, `DEVO_RELAY_DELAY_SECONDS` and `DEVO_JOB_POLL_SECONDS`; a bad value names the
     /// variable.
-    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, crate::Error> {
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let extra_ca_pem = match env("DEVO_CA_FILE") {
-            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
-                crate::Error::LocalConfig(format!("DEVO_CA_FILE={path}: cannot read the CA file ({e})"))
-            })?),
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| Error::Environment(format!("DEVO_CA_FILE={path}: cannot read the CA file ({e})")))?,
+            ),
             None => None,
         };
         let defaults = Self::default();
@@ -250,9 +257,9 @@ fn api_uploader(settings: &DevoSettings, options: &DevoOptions) -> Result<api::L
     let domain = match (&settings.domain, &settings.certificate) {
         (Some(domain), _) => domain.clone(),
         (None, Some(cert)) => pem::domain_from_certificate(cert).ok_or_else(|| {
-            ConfigError::invalid("devo_domain", "is empty and the certificate's subject names no domain")
+            ConfigError::invalid(label::DOMAIN, "is empty and the certificate's subject names no domain")
         })?,
-        (None, None) => return Err(ConfigError::missing("devo_domain").into()),
+        (None, None) => return Err(ConfigError::missing(label::DOMAIN).into()),
     };
     let mut config = api::ApiConfig::from_settings(settings, domain)?;
     config.extra_ca_pem = options.extra_ca_pem.clone();
@@ -290,7 +297,7 @@ mod tests {
 
     use super::*;
 
-    fn options(vars: &[(&str, &str)]) -> Result<DevoOptions, crate::Error> {
+    fn options(vars: &[(&str, &str)]) -> Result<DevoOptions, Error> {
         DevoOptions::from_env(&|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()))
     }
 

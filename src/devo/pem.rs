@@ -8,7 +8,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::x509::AttributeTypeAndValue;
 
-use crate::connector::config::{ConfigError, SecretText};
+use crate::devo::settings::label;
+use crate::field::{ConfigError, SecretText};
 
 /// A certificate closer than this to its end is reported as a warning.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -48,7 +49,7 @@ pub fn certificates(field: &str, pem: &str) -> Result<Vec<CertificateDer<'static
 /// The certificate, its key and their agreement; an expired certificate is an error, one that expires within 30 days
 /// a warning.
 pub fn client_identity(certificate_pem: &str, key_pem: &SecretText) -> Result<ClientIdentity, ConfigError> {
-    let certificates = certificates("devo_certificate", certificate_pem)?;
+    let certificates = certificates(label::CERTIFICATE, certificate_pem)?;
     let (day, left_days) = expiry(&certificates[0])?;
     if left_days < EXPIRY_WARNING_DAYS {
         tracing::warn!("\"Devo X.509 Certificate\" expires on {day}, in {left_days} days: renew it in Devo");
@@ -64,7 +65,7 @@ pub fn identity(
     // The pki-types error could quote the text around a fault: say only what kind of block is expected.
     let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).map_err(|_| {
         ConfigError::invalid(
-            "devo_private_key",
+            label::PRIVATE_KEY,
             "holds no readable PEM private key (a block starting -----BEGIN PRIVATE KEY-----, -----BEGIN RSA \
              PRIVATE KEY----- or -----BEGIN EC PRIVATE KEY-----)",
         )
@@ -73,11 +74,11 @@ pub fn identity(
     match CertifiedKey::from_der(certificates.clone(), key.clone_key(), &provider) {
         Ok(_) => Ok(ClientIdentity { certificates, key }),
         Err(rustls::Error::InconsistentKeys(_)) => Err(ConfigError::invalid(
-            "devo_private_key",
+            label::PRIVATE_KEY,
             "does not match \"Devo X.509 Certificate\" (paste the key that was downloaded with that certificate)",
         )),
         Err(_) => Err(ConfigError::invalid(
-            "devo_private_key",
+            label::PRIVATE_KEY,
             "is not a usable key (RSA, ECDSA P-256/P-384 or Ed25519 expected)",
         )),
     }
@@ -92,7 +93,7 @@ pub fn expiry(cert: &CertificateDer<'_>) -> Result<(time::Date, i64), ConfigErro
     let left_days = (not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp()).div_euclid(86_400);
     if left_days < 0 {
         return Err(ConfigError::invalid(
-            "devo_certificate",
+            label::CERTIFICATE,
             format!("expired on {day}: download a new one from Devo (Administration → Credentials → X.509)"),
         ));
     }
@@ -102,9 +103,9 @@ pub fn expiry(cert: &CertificateDer<'_>) -> Result<(time::Date, i64), ConfigErro
 /// The chain CA as the only trust store for the relay's certificate.
 pub fn trust_roots(chain_pem: &str) -> Result<RootCertStore, ConfigError> {
     let mut roots = RootCertStore::empty();
-    for cert in certificates("devo_chain_ca", chain_pem)? {
+    for cert in certificates(label::CHAIN_CA, chain_pem)? {
         roots.add(cert).map_err(|e| {
-            ConfigError::invalid("devo_chain_ca", format!("holds a certificate that cannot be a CA ({e})"))
+            ConfigError::invalid(label::CHAIN_CA, format!("holds a certificate that cannot be a CA ({e})"))
         })?;
     }
     Ok(roots)

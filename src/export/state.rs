@@ -305,7 +305,7 @@ mod tests {
     /// Each part of the identity, changed alone, changes the digest; the same parts give the same digest.
     #[test]
     fn the_target_identity_is_the_method_endpoint_domain_lookup_and_columns() {
-        use crate::connector::config::UploadMethod;
+        use crate::devo::UploadMethod;
         use crate::devo::{Column, ColumnType};
         let target = Target {
             method: UploadMethod::LookupsApi,

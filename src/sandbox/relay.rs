@@ -16,8 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::connector::config::{DevoSettings, Region, SecretText, UploadMethod};
 use crate::devo::relay::encode::{Action, decode_fields};
+use crate::devo::{DevoSettings, Region, UploadMethod};
+use crate::field::SecretText;
 use crate::sandbox::certs::{CertPair, TestCa};
 
 /// What goes wrong on purpose.

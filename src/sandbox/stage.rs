@@ -10,7 +10,7 @@ use serde_json::json;
 use super::devo_api::{self, LookupsApiStandIn};
 use super::relay::RelayStandIn;
 use super::threatq::{self as tq, ThreatqOptions, ThreatqStandIn};
-use crate::connector::config::UploadMethod;
+use crate::devo::UploadMethod;
 
 /// The Devo domain the Lookups API stand-in serves in the stage.
 pub const DOMAIN: &str = "sandbox_domain";

@@ -5,7 +5,8 @@ use std::time::Duration;
 use reqwest::Url;
 use secrecy::SecretString;
 
-use crate::connector::config::{ConfigError, DevoSettings, Region};
+use crate::devo::settings::{DevoSettings, Region, label};
+use crate::field::ConfigError;
 
 /// How failed requests are retried: at most `max_attempts` tries, sleeping a random time in
 /// `0..=min(max_delay, base_delay * 2^retry)` between them ("full jitter"), or Devo's `Retry-After` when longer.
@@ -47,7 +48,7 @@ impl ApiConfig {
     pub fn new(base_url: Url, domain: impl Into<String>, token: SecretString) -> Result<Self, ConfigError> {
         let domain = domain.into();
         if domain.trim().is_empty() {
-            return Err(ConfigError::missing("devo_domain"));
+            return Err(ConfigError::missing(label::DOMAIN));
         }
         Ok(Self {
             base_url,
@@ -74,31 +75,26 @@ impl ApiConfig {
     /// The configuration the UI describes. `domain` is resolved by the caller ("Devo Domain", or the
     /// certificate's subject when that field is empty).
     pub fn from_settings(devo: &DevoSettings, domain: impl Into<String>) -> Result<Self, ConfigError> {
-        let token = devo.api_token.as_ref().ok_or_else(|| ConfigError::missing("devo_api_token"))?;
+        let token = devo.api_token.as_ref().ok_or_else(|| ConfigError::missing(label::API_TOKEN))?;
         Self::for_region(devo.region, devo.custom_endpoint.as_deref(), domain, token.secret().clone())
     }
 }
 
-/// The Lookups API root of a region: the documented US and EU hosts, CA and APAC by the same pattern, or the
-/// custom endpoint.
+/// The Lookups API root of a region (from [`Region::hosts`]), or the custom endpoint.
 pub fn base_url(region: Region, custom_endpoint: Option<&str>) -> Result<Url, ConfigError> {
-    let fixed = match region {
-        Region::Us => "https://api-us.devo.com/lookup-api",
-        Region::Eu => "https://api-eu.devo.com/lookup-api",
-        Region::Ca => "https://api-ca.devo.com/lookup-api",
-        Region::Apac => "https://api-ap.devo.com/lookup-api",
-        Region::Custom => {
+    match region.hosts() {
+        Some(hosts) => Ok(Url::parse(hosts.lookups_api).expect("the region table holds valid URLs")),
+        None => {
             let raw = custom_endpoint.map(str::trim).filter(|e| !e.is_empty());
-            return custom_url(raw.ok_or_else(|| ConfigError::missing("devo_custom_endpoint"))?);
+            custom_url(raw.ok_or_else(|| ConfigError::missing(label::CUSTOM_ENDPOINT))?)
         }
-    };
-    Ok(Url::parse(fixed).expect("the region table holds valid URLs"))
+    }
 }
 
 fn custom_url(raw: &str) -> Result<Url, ConfigError> {
     let invalid = |why: &str| {
         ConfigError::invalid(
-            "devo_custom_endpoint",
+            label::CUSTOM_ENDPOINT,
             format!(
                 "{raw:?} {why}; with the Lookups API it is an https URL such as https://devo.example.com/lookup-api"
             ),
@@ -175,7 +171,7 @@ mod tests {
     #[test]
     fn settings_without_a_token_name_the_token_field() {
         let devo = DevoSettings {
-            method: crate::connector::config::UploadMethod::LookupsApi,
+            method: crate::devo::UploadMethod::LookupsApi,
             region: Region::Us,
             custom_endpoint: None,
             domain: Some("acme".into()),

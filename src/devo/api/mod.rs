@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use self::body::{CsvChunks, DeployMode, Pumped};
 pub use self::config::{ApiConfig, RetryPolicy, base_url};
 use super::{Delivery, Error, Inspection, Probe, Receipt, RowSource, Table, Uploader};
-use crate::connector::config::ConfigError;
+use crate::devo::settings::label;
+use crate::field::ConfigError;
 
 /// Uploads lookups through the Lookups API with a Bearer token.
 pub struct LookupsApiUploader {
@@ -49,7 +50,7 @@ impl LookupsApiUploader {
         crate::init_tls();
         let mut auth =
             HeaderValue::try_from(format!("Bearer {}", config.token.expose_secret().trim())).map_err(|_| {
-                ConfigError::invalid("devo_api_token", "holds characters that cannot be sent in an HTTP header")
+                ConfigError::invalid(label::API_TOKEN, "holds characters that cannot be sent in an HTTP header")
             })?;
         auth.set_sensitive(true);
         let headers =
@@ -133,7 +134,7 @@ impl LookupsApiUploader {
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Attempt::Fail(
                 ConfigError::invalid(
-                    "devo_api_token",
+                    label::API_TOKEN,
                     format!(
                         "Devo at {} refused it (HTTP {status}{message}); check that the token is valid, not expired, \
                          and allowed to manage the lookups of domain {:?}",
@@ -369,7 +370,7 @@ impl Uploader for LookupsApiUploader {
 
     fn target(&self) -> crate::devo::Target {
         crate::devo::Target {
-            method: crate::connector::config::UploadMethod::LookupsApi,
+            method: crate::devo::UploadMethod::LookupsApi,
             endpoint: self.config.base_url.to_string(),
             domain: self.config.domain.clone(),
         }
@@ -399,7 +400,7 @@ impl LookupsApiUploader {
         let mut probes = vec![Probe::new("Devo API token", Ok(format!("accepted by {}", self.endpoint())))];
         let Some(listed) = listed else {
             let unknown = ConfigError::invalid(
-                "devo_domain",
+                label::DOMAIN,
                 format!(
                     "Devo at {} knows no domain {domain:?} (HTTP 404): check the domain's name, and that the token \
                      was made in that domain",

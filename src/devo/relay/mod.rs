@@ -22,8 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::connector::config::{ConfigError, DevoSettings, Region, UploadMethod};
+use crate::devo::settings::{DevoSettings, UploadMethod, label};
 use crate::devo::{self, Delivery, Probe, Receipt, RowSource, Table, pem};
+use crate::field::ConfigError;
 use encode::{Action, EncoderMode, LookupEncoder};
 
 /// Lines are gathered up to this size before a write, so a large upload is not one TLS record per row.
@@ -66,20 +67,20 @@ impl RelayConfig {
     /// chain CA from the UI, checked now so that every mistake names its field.
     pub fn from_settings(settings: &DevoSettings) -> Result<Self, devo::Error> {
         let (host, port) = relay_endpoint(settings)?;
-        let certificate = settings.certificate.as_deref().ok_or_else(|| ConfigError::missing("devo_certificate"))?;
-        let key = settings.private_key.as_ref().ok_or_else(|| ConfigError::missing("devo_private_key"))?;
-        let chain = settings.chain_ca.as_deref().ok_or_else(|| ConfigError::missing("devo_chain_ca"))?;
+        let certificate = settings.certificate.as_deref().ok_or_else(|| ConfigError::missing(label::CERTIFICATE))?;
+        let key = settings.private_key.as_ref().ok_or_else(|| ConfigError::missing(label::PRIVATE_KEY))?;
+        let chain = settings.chain_ca.as_deref().ok_or_else(|| ConfigError::missing(label::CHAIN_CA))?;
         let identity = pem::client_identity(certificate, key)?;
         let roots = pem::trust_roots(chain)?;
         let server_name = ServerName::try_from(host.clone()).map_err(|_| {
-            ConfigError::invalid("devo_custom_endpoint", format!("{host:?} is not a host name or IP address"))
+            ConfigError::invalid(label::CUSTOM_ENDPOINT, format!("{host:?} is not a host name or IP address"))
         })?;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("ring supports TLS 1.2 and 1.3")
             .with_root_certificates(roots)
             .with_client_auth_cert(identity.certificates, identity.key)
-            .map_err(|e| ConfigError::invalid("devo_private_key", format!("cannot be used for TLS ({e})")))?;
+            .map_err(|e| ConfigError::invalid(label::PRIVATE_KEY, format!("cannot be used for TLS ({e})")))?;
         Ok(Self {
             host,
             port,
@@ -147,26 +148,23 @@ impl RelayConfig {
     }
 }
 
-/// The relay for the region, port 443 (Devo's documented collectors), or the custom `host[:port]`.
+/// The relay for the region (from [`Region::hosts`]), port 443 (Devo's documented collectors), or the custom
+/// `host[:port]`.
 fn relay_endpoint(settings: &DevoSettings) -> Result<(String, u16), ConfigError> {
-    let host = match settings.region {
-        Region::Us => "collector-us.devo.io",
-        Region::Eu => "collector-eu.devo.io",
-        Region::Ca => "collector-ca.devo.io",
-        Region::Apac => "collector-ap.devo.io",
-        Region::Custom => {
+    match settings.region.hosts() {
+        Some(hosts) => Ok((hosts.relay.to_owned(), 443)),
+        None => {
             let custom =
-                settings.custom_endpoint.as_deref().ok_or_else(|| ConfigError::missing("devo_custom_endpoint"))?;
-            return parse_host_port(custom.trim());
+                settings.custom_endpoint.as_deref().ok_or_else(|| ConfigError::missing(label::CUSTOM_ENDPOINT))?;
+            parse_host_port(custom.trim())
         }
-    };
-    Ok((host.to_owned(), 443))
+    }
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`, nothing else: a stray character must not silently mean port 443.
 fn parse_host_port(endpoint: &str) -> Result<(String, u16), ConfigError> {
     let form = "for the X.509 relay give host:port (e.g. relay.example.com:443 or [2001:db8::1]:443)";
-    let invalid = |problem: String| ConfigError::invalid("devo_custom_endpoint", format!("{problem}; {form}"));
+    let invalid = |problem: String| ConfigError::invalid(label::CUSTOM_ENDPOINT, format!("{problem}; {form}"));
     if endpoint.contains("://") || endpoint.contains('/') {
         return Err(invalid(format!("{endpoint:?} is a URL")));
     }
@@ -234,7 +232,7 @@ impl RelayUploader {
 
     fn io_error(&self, source: io::Error) -> devo::Error {
         if let Some(UntrustedRelay(why)) = source.get_ref().and_then(|e| e.downcast_ref::<UntrustedRelay>()) {
-            return ConfigError::invalid("devo_chain_ca", why.clone()).into();
+            return ConfigError::invalid(label::CHAIN_CA, why.clone()).into();
         }
         devo::Error::Io { endpoint: self.config.endpoint(), source }
     }
@@ -392,8 +390,8 @@ pub async fn preflight(settings: &DevoSettings) -> Vec<Probe> {
     let mut probes = Vec::new();
     let mut push =
         |check, outcome: Result<String, ConfigError>| probes.push(Probe::new(check, outcome.map_err(Into::into)));
-    match required(settings.certificate.as_deref(), "devo_certificate")
-        .and_then(|pem| pem::certificates("devo_certificate", pem))
+    match required(settings.certificate.as_deref(), label::CERTIFICATE)
+        .and_then(|pem| pem::certificates(label::CERTIFICATE, pem))
     {
         Ok(certificates) => {
             push(
@@ -403,7 +401,7 @@ pub async fn preflight(settings: &DevoSettings) -> Vec<Probe> {
                     format!("expires on {day}, in {left} days{soon}")
                 }),
             );
-            let key = settings.private_key.as_ref().ok_or_else(|| ConfigError::missing("devo_private_key"));
+            let key = settings.private_key.as_ref().ok_or_else(|| ConfigError::missing(label::PRIVATE_KEY));
             push(
                 "Devo private key",
                 key.and_then(|key| pem::identity(certificates, key)).map(|_| "matches the certificate".into()),
@@ -411,7 +409,7 @@ pub async fn preflight(settings: &DevoSettings) -> Vec<Probe> {
         }
         Err(e) => push("Devo certificate", Err(e)),
     }
-    let chain = required(settings.chain_ca.as_deref(), "devo_chain_ca").and_then(pem::trust_roots);
+    let chain = required(settings.chain_ca.as_deref(), label::CHAIN_CA).and_then(pem::trust_roots);
     push("Devo chain CA", chain.map(|roots| format!("certificates to trust: {}", roots.len())));
     if probes.iter().any(|p| p.outcome.is_err()) {
         return probes;
