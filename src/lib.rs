@@ -8,6 +8,7 @@ pub mod devo;
 mod error;
 pub mod export;
 pub mod field;
+pub mod file;
 pub mod sandbox;
 pub mod threatq;
 mod tls;

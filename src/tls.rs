@@ -4,6 +4,7 @@
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The system's trust anchors; a store that cannot be read is skipped with a debug line.
 pub fn system_roots() -> RootCertStore {
@@ -16,15 +17,29 @@ pub fn system_roots() -> RootCertStore {
     roots
 }
 
-/// Adds every certificate of a PEM bundle to `roots`; the error says, for the user, what is wrong with the text.
-pub fn add_pem_roots(roots: &mut RootCertStore, pem: &[u8]) -> Result<(), String> {
+/// The one PEM certificate reader: every certificate of a PEM text (a UI field, a CA file), each checked to be
+/// X.509. The error says, for the user, what is wrong with the text; the caller names the field or file.
+pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not readable as PEM certificates ({e})"))?;
+        .map_err(|e| format!("is not valid PEM ({e})"))?;
     if certs.is_empty() {
-        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+        return Err(if pem.windows(10).any(|w| w == b"-----BEGIN") {
+            "holds no certificate (a block starting -----BEGIN CERTIFICATE-----)"
+        } else {
+            "is not PEM text (no PEM certificate: a block starting -----BEGIN CERTIFICATE-----)"
+        }
+        .into());
     }
-    for cert in certs {
+    for (i, cert) in certs.iter().enumerate() {
+        X509Certificate::from_der(cert).map_err(|e| format!("certificate {} is not valid X.509 ({e})", i + 1))?;
+    }
+    Ok(certs)
+}
+
+/// Adds every certificate of a PEM bundle to `roots`; the error says, for the user, what is wrong with the text.
+pub fn add_pem_roots(roots: &mut RootCertStore, pem: &[u8]) -> Result<(), String> {
+    for cert in certificates(pem)? {
         roots.add(cert).map_err(|e| format!("a certificate cannot be used as a trust anchor ({e})"))?;
     }
     Ok(())

@@ -25,7 +25,7 @@ const LOOKUP: &str = "faults";
 /// temporary files of atomic writes.
 fn leftovers(dir: &Path) -> Vec<String> {
     let names = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
-    names.filter(|n| [".spool-", ".tmp-", ".state-"].iter().any(|p| n.starts_with(p))).collect()
+    names.filter(|n| [".spool-", ".tmp-"].iter().any(|p| n.starts_with(p))).collect()
 }
 
 /// Rescores every `every`-th indicator among `ids` to a score it did not have, so the next clean run uploads.

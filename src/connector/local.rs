@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::secrets::Backend;
 use crate::Error;
+use crate::field::parse_bool;
+use crate::file::NO_FOLLOW;
 use crate::threatq::ClientOptions;
 
 /// Reads an environment variable; tests pass a map instead of touching the process environment.
@@ -92,13 +94,10 @@ impl LocalConfig {
         {
             return Err(Error::LocalConfig(format!("THREATQ_CA_FILE names {}, which is not a file", ca.display())));
         }
-        let tls_verify = match env("THREATQ_TLS_VERIFY").map(|v| v.to_ascii_lowercase()) {
+        let tls_verify = match env("THREATQ_TLS_VERIFY") {
             None => true,
-            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
-            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
-            Some(v) => {
-                return Err(Error::LocalConfig(format!("THREATQ_TLS_VERIFY is {v:?}; set it to true or false")));
-            }
+            Some(v) => parse_bool(&v)
+                .ok_or_else(|| Error::LocalConfig(format!("THREATQ_TLS_VERIFY is {v:?}; set it to true or false")))?,
         };
         let host = self.effective_host(env)?;
         if !tls_verify {
@@ -114,11 +113,6 @@ impl LocalConfig {
         })
     }
 }
-
-/// `O_NOFOLLOW`: files of the config directory are opened without following a symbolic link planted in their
-/// place, so whoever can write that directory cannot make a run (often as root) write through to another file.
-/// (Temporary files are created with `O_EXCL` and renamed over the link, which follows nothing either.)
-pub(crate) const NO_FOLLOW: i32 = nix::libc::O_NOFOLLOW;
 
 /// Opens `path` (what: "the run lock", ...) with [`NO_FOLLOW`]; a symbolic link there is a mistake to fix (exit 3).
 pub(crate) fn open_no_follow(
@@ -157,21 +151,11 @@ pub fn check_not_writable_by_others(path: &Path) -> Result<(), Error> {
     )))
 }
 
-/// Replaces `path` with `bytes` in one step (temporary file in the same directory, then rename), so a crash
-/// leaves the old or the new content, never half; the file has `mode` from its creation on.
+/// Replaces `path` with `bytes` in one durable step ([`crate::file::replace`]); the file has `mode` from its
+/// creation on.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let context = || format!("writing {}", path.display());
-    let mut file = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(context(), e))?;
-    file.write_all(bytes).and_then(|()| file.as_file().sync_all()).map_err(|e| Error::io(context(), e))?;
-    // The umask may have narrowed the mode at creation; a 0644 cron file must stay readable by cron.
-    file.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(context(), e))?;
-    file.persist(path).map_err(|e| Error::io(context(), e.error))?;
-    Ok(())
+    crate::file::replace(path, mode, |file| file.write_all(bytes))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 #[cfg(test)]

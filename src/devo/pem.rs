@@ -26,24 +26,9 @@ impl std::fmt::Debug for ClientIdentity {
     }
 }
 
-/// Every certificate in a PEM field, each checked to be X.509.
+/// Every certificate in a PEM field, each checked to be X.509 ([`crate::tls::certificates`]).
 pub fn certificates(field: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::invalid(field, format!("is not valid PEM ({e})")))?;
-    if certs.is_empty() {
-        let problem = if pem.contains("-----BEGIN") {
-            "holds no certificate (a block starting -----BEGIN CERTIFICATE-----)"
-        } else {
-            "is not PEM text (paste the block starting -----BEGIN CERTIFICATE-----)"
-        };
-        return Err(ConfigError::invalid(field, problem));
-    }
-    for (i, cert) in certs.iter().enumerate() {
-        X509Certificate::from_der(cert)
-            .map_err(|e| ConfigError::invalid(field, format!("certificate {} is not valid X.509 ({e})", i + 1)))?;
-    }
-    Ok(certs)
+    crate::tls::certificates(pem.as_bytes()).map_err(|problem| ConfigError::invalid(field, problem))
 }
 
 /// The certificate, its key and their agreement; an expired certificate is an error, one that expires within 30 days
@@ -113,7 +98,7 @@ pub fn trust_roots(chain_pem: &str) -> Result<RootCertStore, ConfigError> {
 
 /// The Devo domain a certificate was issued for: its subject O, else its CN.
 pub fn domain_from_certificate(pem: &str) -> Option<String> {
-    let der = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
+    let der = crate::tls::certificates(pem.as_bytes()).ok()?.into_iter().next()?;
     let (_, cert) = X509Certificate::from_der(&der).ok()?;
     let subject = cert.subject();
     first_text(subject.iter_organization()).or_else(|| first_text(subject.iter_common_name()))

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use super::collect::{ContentDigest, DigestMap, KeyDigest, digest_key, digest_row};
 use crate::devo::{Row, RowSource, Table, Target};
+use crate::file::{NO_FOLLOW, parent};
 
 const MAGIC: &[u8; 12] = b"TQDEVO-STATE";
 const VERSION: u32 = 1;
@@ -131,7 +132,7 @@ impl<R: Read> Checked<R> {
 }
 
 fn open(path: &Path) -> io::Result<(Checked<BufReader<File>>, Header)> {
-    let file = File::options().read(true).custom_flags(crate::connector::local::NO_FOLLOW).open(path)?;
+    let file = File::options().read(true).custom_flags(NO_FOLLOW).open(path)?;
     let mut reader = Checked { inner: BufReader::new(file), hasher: blake3::Hasher::new() };
     let header = reader.header()?;
     Ok((reader, header))
@@ -191,7 +192,7 @@ impl State {
     pub fn begin_delivery(path: &Path) -> io::Result<()> {
         let marker = pending_path(path);
         let mut options = File::options();
-        options.write(true).create(true).truncate(true).custom_flags(crate::connector::local::NO_FOLLOW);
+        options.write(true).create(true).truncate(true).custom_flags(NO_FOLLOW);
         options.open(&marker)?.sync_all()?;
         File::open(parent(path))?.sync_all()
     }
@@ -201,18 +202,16 @@ impl State {
         pending_path(path).exists()
     }
 
-    /// Replaces the state file with `rows` (what Devo now holds): temp file, fsync, rename, fsync of the folder;
-    /// then clears the note of [`State::begin_delivery`].
+    /// Replaces the state file with `rows` (what Devo now holds) durably ([`crate::file::replace`]: temp file,
+    /// fsync, rename, fsync of the folder); then clears the note of [`State::begin_delivery`].
     pub fn write(
         path: &Path,
         target: ContentDigest,
         last_full_at: DateTime<Utc>,
         rows: &dyn RowSource,
     ) -> io::Result<()> {
-        let dir = parent(path);
-        let mut tmp = tempfile::Builder::new().prefix(".state-").tempfile_in(dir)?;
-        {
-            let mut out = BufWriter::new(tmp.as_file_mut());
+        crate::file::replace(path, 0o600, |file| {
+            let mut out = BufWriter::new(file);
             let mut hasher = blake3::Hasher::new();
             let mut put = |bytes: &[u8]| -> io::Result<()> {
                 hasher.update(bytes);
@@ -240,21 +239,14 @@ impl State {
                 return Err(io::Error::other("the rows changed while the state was written"));
             }
             out.write_all(hasher.finalize().as_bytes())?;
-            out.flush()?;
-        }
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        File::open(dir)?.sync_all()?;
+            out.flush()
+        })?;
         // Should this removal be lost to a crash, the next run merely replaces the lookup once more.
         match std::fs::remove_file(pending_path(path)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
-}
-
-fn parent(path: &Path) -> &Path {
-    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// `<state>.pending`, beside the state file.
