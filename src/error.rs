@@ -63,12 +63,16 @@ pub enum Error {
     ThreatQ(#[from] threatq::Error),
     #[error(transparent)]
     Devo(#[from] devo::Error),
+    /// Another run holds the run lock and is younger than "Kill Previous Runs After X Seconds": wait for it.
     #[error("another run holds the lock (pid {pid}, running for {age_seconds} s); try again later")]
-    Locked { pid: u32, age_seconds: u64 },
+    RunInProgress { pid: u32, age_seconds: u64 },
+    /// The mass-delete guard (or the empty-collection check) refused the plan; nothing was sent.
     #[error(transparent)]
-    Refused(#[from] export::Refusal),
+    DeleteGuard(#[from] export::Refusal),
+    /// The lock's holder is past the time limit but cannot be stopped (another program, a failed signal, a
+    /// process that outlives SIGKILL): a person must stop it.
     #[error("the run lock {} is held by pid {pid}, which {reason}; stop that process, then run again", .path.display())]
-    LockHeld { path: std::path::PathBuf, pid: u32, reason: String },
+    LockHolderUnstoppable { path: std::path::PathBuf, pid: u32, reason: String },
     #[error("stopped by {0} before the run finished; Devo and the state are as before")]
     Stopped(&'static str),
     #[error("{0}")]
@@ -89,8 +93,8 @@ impl Error {
             | Error::ThreatQ(threatq::Error::Tls(_) | threatq::Error::Host { .. }) => Exit::Config,
             Error::ThreatQ(_) => Exit::ThreatQ,
             Error::Devo(_) => Exit::Devo,
-            Error::Locked { .. } | Error::LockHeld { .. } => Exit::Locked,
-            Error::Refused(_) => Exit::MassDelete,
+            Error::RunInProgress { .. } | Error::LockHolderUnstoppable { .. } => Exit::Locked,
+            Error::DeleteGuard(_) => Exit::MassDelete,
             Error::Other(_) | Error::Io { .. } | Error::Stopped(_) => Exit::Other,
         }
     }

@@ -172,8 +172,8 @@ pub enum Command {
 pub struct Invocation {
     /// The instance (`-n`), [`CONNECTOR_NAME`] by default; it names the ThreatQ record and every local file.
     pub name: String,
-    /// Whether `-n` was given (the cron line repeats it only then).
-    pub name_given: bool,
+    /// Whether the instance is not the default one (`-n` names another): the cron line repeats `-n` only then.
+    pub custom_instance: bool,
     pub config_dir: PathBuf,
     pub log: LogTarget,
     pub verbosity: Verbosity,
@@ -248,7 +248,7 @@ impl RawArgs {
             (None, Some(RawCommand::Sandbox)) => Command::Sandbox,
         };
         Ok(Invocation {
-            name_given: name != CONNECTOR_NAME,
+            custom_instance: name != CONNECTOR_NAME,
             name,
             config_dir: self.config,
             log,
@@ -299,7 +299,7 @@ impl Invocation {
             config_dir: absolute(&self.config_dir)?,
             log,
             verbosity: self.verbosity.level(),
-            name: self.name_given.then(|| self.name.clone()),
+            name: self.custom_instance.then(|| self.name.clone()),
         };
         let path = cron::path(&self.cron_dir, &self.name);
         Ok(match cron::install(&self.cron_dir, &self.name, &job)? {
@@ -392,7 +392,7 @@ mod tests {
     #[test]
     fn subcommands_and_run_flags() {
         let inv = parse_ok(&["--dry-run", "--allow-mass-delete", "-n", "second"]);
-        assert!(inv.dry_run && inv.allow_mass_delete && inv.name_given);
+        assert!(inv.dry_run && inv.allow_mass_delete && inv.custom_instance);
         assert_eq!(inv.name, "second");
         assert_eq!(parse_ok(&["demo"]).command, Command::Demo);
         assert_eq!(parse_ok(&["sandbox"]).command, Command::Sandbox);

@@ -61,8 +61,8 @@ pub enum LockState {
 }
 
 /// Takes the instance's run lock. A holder younger than `kill_after` makes this fail with
-/// [`Error::Locked`]; an older one is stopped (SIGTERM, then SIGKILL) if it is this program, and refused with
-/// [`Error::LockHeld`] if it is anything else.
+/// [`Error::RunInProgress`]; an older one is stopped (SIGTERM, then SIGKILL) if it is this program, and refused with
+/// [`Error::LockHolderUnstoppable`] if it is anything else.
 pub fn acquire(dir: &Path, name: &str, kill_after: Duration) -> Result<LockGuard, Error> {
     let path = path(dir, name);
     let file = match try_lock(&path)? {
@@ -73,9 +73,9 @@ pub fn acquire(dir: &Path, name: &str, kill_after: Duration) -> Result<LockGuard
     // Never signal ourselves, a process group (pid 0 or a negative pid) or init.
     let signallable = i32::try_from(holder.pid).is_ok_and(|pid| pid > 1) && holder.pid != std::process::id();
     if holder.age_seconds() < kill_after.as_secs() || !signallable {
-        return Err(Error::Locked { pid: holder.pid, age_seconds: holder.age_seconds() });
+        return Err(Error::RunInProgress { pid: holder.pid, age_seconds: holder.age_seconds() });
     }
-    let refuse = |reason: String| Error::LockHeld { path: path.clone(), pid: holder.pid, reason };
+    let refuse = |reason: String| Error::LockHolderUnstoppable { path: path.clone(), pid: holder.pid, reason };
     let ours = our_program();
     match program_of(holder.pid) {
         Some(program) if Some(&program) == ours.as_ref() => {}
@@ -234,7 +234,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let guard = acquire(dir.path(), "inst", HOUR).unwrap();
         let err = acquire(dir.path(), "inst", HOUR).unwrap_err();
-        assert!(matches!(err, Error::Locked { pid, .. } if pid == std::process::id()), "{err}");
+        assert!(matches!(err, Error::RunInProgress { pid, .. } if pid == std::process::id()), "{err}");
         assert_eq!(err.code(), 6);
         assert!(matches!(state(dir.path(), "inst").unwrap(), LockState::Held { .. }));
         drop(guard);
@@ -281,7 +281,9 @@ mod tests {
             .spawn()
             .unwrap();
         wait_until_held(dir.path(), "inst");
-        assert!(matches!(acquire(dir.path(), "inst", HOUR), Err(Error::Locked { pid, .. }) if pid == helper.id()));
+        assert!(
+            matches!(acquire(dir.path(), "inst", HOUR), Err(Error::RunInProgress { pid, .. }) if pid == helper.id())
+        );
 
         backdate(dir.path(), "inst", helper.id(), 2 * HOUR);
         let guard = acquire(dir.path(), "inst", HOUR);
