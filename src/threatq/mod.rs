@@ -74,7 +74,7 @@ pub struct ClientOptions {
     pub tls_verify: bool,
 }
 
-/// The connector-record calls, most of them this project's own contract ([OURS] in `contracts/threatq.md`),
+/// The connector-record calls, most of them this project's own contract ([OURS] in `docs/threatq.md`),
 /// behind one trait so they can be swapped when a real instance shows otherwise.
 #[async_trait::async_trait]
 pub trait ConnectorRegistry: Send + Sync {

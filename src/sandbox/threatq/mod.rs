@@ -1,4 +1,4 @@
-//! The ThreatQ stand-in: a real HTTPS server on 127.0.0.1 serving every call of `contracts/threatq.md` (sign-in
+//! The ThreatQ stand-in: a real HTTPS server on 127.0.0.1 serving every call of `docs/threatq.md` (sign-in
 //! and refresh, the connector record, data collections, both indicator routes with the saved-search filter
 //! language), with a deterministic generator behind the indicators, knobs to inject faults, and a request log.
 
