@@ -39,8 +39,6 @@ pub enum Error {
          sent: correct or remove that indicator in ThreatQ"
     )]
     Oversized { id: u64, bytes: usize, limit: usize },
-    #[error("ThreatQ data collection {name:?} has no hash, which the cursor route needs")]
-    NoHash { name: String },
     #[error("ThreatQ has no connector category named {category:?} (it has: {})", .available.join(", "))]
     CategoryNotFound { category: String, available: Vec<String> },
     #[error(
