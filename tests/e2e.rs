@@ -274,6 +274,21 @@ impl SecretService {
         let output = keyring.wait_with_output().unwrap();
         let printed = String::from_utf8_lossy(&output.stdout);
         service.pids.extend(printed.lines().filter_map(|l| l.strip_prefix("GNOME_KEYRING_PID=")?.parse::<i32>().ok()));
+        // The daemon forks before it owns its bus name; a run that asked earlier would find no keyring (seen on a
+        // loaded machine), so wait, at most 20 s, until the name has an owner.
+        let owned = || {
+            std::process::Command::new("dbus-send")
+                .args(["--session", "--print-reply", "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus"])
+                .args(["org.freedesktop.DBus.NameHasOwner", "string:org.freedesktop.secrets"])
+                .env("DBUS_SESSION_BUS_ADDRESS", &service.bus_address)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("boolean true"))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !owned() {
+            assert!(std::time::Instant::now() < deadline, "gnome-keyring-daemon never owned org.freedesktop.secrets");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         service
     }
 }

@@ -48,7 +48,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The one-line summary of `product.md` "Outputs of a run".
+    /// The one-line summary a run prints or logs at its end.
     pub fn line(&self) -> String {
         format!(
             "{}{} sync: fetched {}, unique {}, added {}, changed {}, deleted {}, unchanged {}, duplicates {}, {:.1} s",

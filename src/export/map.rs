@@ -1,4 +1,4 @@
-//! One IOC → one lookup row, with the columns of `product.md` "The lookup".
+//! One IOC → one lookup row, with the columns of `docs/threatq.md` "What the exporter makes of it".
 
 use crate::devo::{Column, ColumnType, Row, Table};
 use crate::threatq::Indicator;

@@ -1,4 +1,4 @@
-//! A stand-in for Devo's Lookups API (`contracts/devo.md` §1): a real HTTPS server on loopback that keeps
+//! A stand-in for Devo's Lookups API (`docs/devo.md`): a real HTTPS server on loopback that keeps
 //! lookups in memory, applies each `deploy-csv` through a job, logs what it received, and fails on request.
 //!
 //! The job status document is **[OURS]** (Devo does not publish its shape):

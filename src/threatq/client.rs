@@ -227,46 +227,6 @@ impl Client {
         })
     }
 
-    /// The collection's indicators by its hash and Solr-style cursor marks; ends when the mark stops changing
-    /// or a page is empty.
-    pub fn indicators_by_cursor<'a>(
-        &'a self,
-        collection: &DataCollection,
-        page_size: u32,
-    ) -> impl Stream<Item = Result<Vec<Indicator>, Error>> + Send + use<'a> {
-        let start = match &collection.hash {
-            Some(hash) => Cursor::At { path: format!("{QUERY_PATH}/hash/{hash}"), mark: "*".to_owned() },
-            None => Cursor::NoHash(collection.name.clone()),
-        };
-        let limit = page_size.clamp(1, MAX_PAGE).to_string();
-        futures::stream::try_unfold(start, move |cursor| {
-            let limit = limit.clone();
-            async move {
-                let (path, mark) = match cursor {
-                    Cursor::Done => return Ok(None),
-                    Cursor::NoHash(name) => return Err(Error::NoHash { name }),
-                    Cursor::At { path, mark } => (path, mark),
-                };
-                let query = [
-                    ("limit", limit),
-                    ("sort", "id".to_owned()),
-                    ("cursorMark", mark.clone()),
-                    ("with", WITH.to_owned()),
-                ];
-                let page: Page = self.call(Method::GET, &path, &query, None).await?;
-                let data = page.data.unwrap_or_default();
-                if data.is_empty() {
-                    return Ok(None);
-                }
-                let next = match page.next_cursor_mark {
-                    Some(next) if next != mark => Cursor::At { path, mark: next },
-                    _ => Cursor::Done,
-                };
-                Ok(Some((data.into_iter().map(Indicator::from).collect(), next)))
-            }
-        })
-    }
-
     /// An authenticated call whose 2xx answer is decoded as `T`: signs in on first use, renews the token once
     /// on 401 and retries, and turns every other failure into an [`Error`] naming `path`.
     pub(super) async fn call<T: DeserializeOwned>(
@@ -465,12 +425,6 @@ impl Client {
 struct Paging {
     total: Option<u64>,
     last_id: Option<u64>,
-}
-
-enum Cursor {
-    NoHash(String),
-    At { path: String, mark: String },
-    Done,
 }
 
 fn build_http(tls: rustls::ClientConfig, policy: &Policy) -> Result<reqwest::Client, Error> {

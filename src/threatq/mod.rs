@@ -39,8 +39,6 @@ pub enum Error {
          sent: correct or remove that indicator in ThreatQ"
     )]
     Oversized { id: u64, bytes: usize, limit: usize },
-    #[error("ThreatQ data collection {name:?} has no hash, which the cursor route needs")]
-    NoHash { name: String },
     #[error("ThreatQ has no connector category named {category:?} (it has: {})", .available.join(", "))]
     CategoryNotFound { category: String, available: Vec<String> },
     #[error(
@@ -74,7 +72,7 @@ pub struct ClientOptions {
     pub tls_verify: bool,
 }
 
-/// The connector-record calls, most of them this project's own contract ([OURS] in `contracts/threatq.md`),
+/// The connector-record calls, most of them this project's own contract ([OURS] in `docs/threatq.md`),
 /// behind one trait so they can be swapped when a real instance shows otherwise.
 #[async_trait::async_trait]
 pub trait ConnectorRegistry: Send + Sync {

@@ -62,7 +62,6 @@ pub struct ConnectorRecord {
 pub struct DataCollection {
     pub id: u64,
     pub name: String,
-    pub hash: Option<String>,
     /// `{"criteria": ..., "filters": ...}`; `null` parts mean "everything".
     pub criteria: serde_json::Value,
     pub filters: serde_json::Value,

@@ -152,15 +152,13 @@ impl From<RawIndicator> for Indicator {
     }
 }
 
-/// A page of either indicator route.
+/// A page of indicators.
 #[derive(Deserialize)]
 pub(super) struct Page {
     #[serde(default)]
     pub total: Option<u64>,
     #[serde(default)]
     pub data: Option<Vec<RawIndicator>>,
-    #[serde(default, rename = "nextCursorMark")]
-    pub next_cursor_mark: Option<String>,
 }
 
 /// Reads `is_active` however the instance encodes it; `None` for an encoding nobody documented.
@@ -292,7 +290,6 @@ pub(super) fn data_collection(path: &str, value: &Value) -> Result<DataCollectio
     let query = json.get("api_query").cloned().unwrap_or(Value::Null);
     Ok(DataCollection {
         id,
-        hash: value.get("hash").and_then(as_text).filter(|h| !h.is_empty()),
         criteria: query.get("criteria").cloned().unwrap_or(Value::Null),
         filters: query.get("filters").cloned().unwrap_or(Value::Null),
         name,

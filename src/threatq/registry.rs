@@ -1,4 +1,4 @@
-//! The connector record over this project's own registration contract ([OURS] in `contracts/threatq.md`).
+//! The connector record over this project's own registration contract ([OURS] in `docs/threatq.md`).
 
 use reqwest::Method;
 use serde_json::{Value, json};

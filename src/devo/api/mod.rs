@@ -1,4 +1,4 @@
-//! Upload method `lookups-api`: Devo's Lookups REST API (`contracts/devo.md` §1). Each upload is one
+//! Upload method `lookups-api`: Devo's Lookups REST API (`docs/devo.md`). Each upload is one
 //! `deploy-csv` request whose CSV streams from the [`RowSource`], then a poll of the job it started; the upload
 //! counts as delivered only when that job reports success.
 

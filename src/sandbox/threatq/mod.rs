@@ -1,5 +1,5 @@
-//! The ThreatQ stand-in: a real HTTPS server on 127.0.0.1 serving every call of `contracts/threatq.md` (sign-in
-//! and refresh, the connector record, data collections, both indicator routes with the saved-search filter
+//! The ThreatQ stand-in: a real HTTPS server on 127.0.0.1 serving every call of `docs/threatq.md` (sign-in
+//! and refresh, the connector record, data collections, the indicator query with the saved-search filter
 //! language), with a deterministic generator behind the indicators, knobs to inject faults, and a request log.
 
 // Handlers' helpers return `Result<_, Response>`: the error is the HTTP answer itself, handed straight to axum.
@@ -417,7 +417,6 @@ fn router(shared: Shared) -> Router {
         .route("/api/connector/categories", get(categories))
         .route("/api/search/query", get(collections))
         .route("/api/indicators/query", post(query_indicators))
-        .route("/api/indicators/query/hash/{hash}", get(query_by_hash))
         .route("/api/indicators/{id}/adversaries", get(adversaries))
         .route("/api/indicator/statuses", get(statuses))
         .route("/api/indicator/types", get(types))
@@ -680,16 +679,6 @@ async fn collections(State(shared): State<Shared>) -> Response {
     )
 }
 
-/// The query of a saved collection: `json.api_query`, `json` possibly a JSON string.
-fn collection_query(json: &Value) -> (Value, Value) {
-    let json = match json {
-        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
-        other => other.clone(),
-    };
-    let query = &json["api_query"];
-    (query["criteria"].clone(), query["filters"].clone())
-}
-
 /// Compiles a query, answering 400 as ThreatQ does for a filter it cannot read.
 fn compile(criteria: &Value, filters: &Value) -> Result<(Filter, String), Response> {
     let filter = Filter::compile_query(criteria, filters).map_err(|e| errors(StatusCode::BAD_REQUEST, e))?;
@@ -741,37 +730,6 @@ async fn query_indicators(
         let (total, page) = lock(&shared).store.page(&filter, &key, offset, limit);
         let data = shape(page, query.get("with"), &fields);
         Ok(reply(StatusCode::OK, json!({"total": total, "data": data, "limit": limit, "offset": offset})))
-    };
-    run().unwrap_or_else(|response| response)
-}
-
-async fn query_by_hash(
-    State(shared): State<Shared>,
-    Path(hash): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let run = || -> Result<Response, Response> {
-        sorted_by_id(&query)?;
-        let limit = number(&query, "limit", 1000)?;
-        let mark = query.get("cursorMark").map(String::as_str).unwrap_or("*");
-        let after = match mark {
-            "*" => 0,
-            _ => mark
-                .strip_prefix("after-")
-                .and_then(|id| id.parse().ok())
-                .ok_or_else(|| errors(StatusCode::BAD_REQUEST, format!("unknown cursorMark {mark:?}")))?,
-        };
-        let mut state = lock(&shared);
-        let (criteria, filters) = match state.collections.iter().find(|c| c.hash == hash) {
-            Some(collection) => collection_query(&collection.json),
-            None => return Err(reply(StatusCode::NOT_FOUND, json!({"message": "No query results for model."}))),
-        };
-        let (filter, key) = compile(&criteria, &filters)?;
-        let (total, page) = state.store.after(&filter, &key, after, limit);
-        // Solr semantics: the mark moves with the last id served, and stays put once nothing is left.
-        let next = page.last().and_then(|i| i["id"].as_u64()).map_or(mark.to_owned(), |id| format!("after-{id}"));
-        let data = shape(page, query.get("with"), &[]);
-        Ok(reply(StatusCode::OK, json!({"total": total, "data": data, "nextCursorMark": next})))
     };
     run().unwrap_or_else(|response| response)
 }

@@ -135,12 +135,6 @@ impl Store {
         (total, self.matching_from(filter, start).skip(skip as usize).take(limit as usize).collect())
     }
 
-    /// Up to `limit` matches with ids above `after`, for the cursor route: `(total, indicators)`.
-    pub fn after(&mut self, filter: &Filter, key: &str, after: u64, limit: u64) -> (u64, Vec<Value>) {
-        let total = if filter.is_everything() { self.len() } else { self.index(filter, key).total };
-        (total, self.matching_from(filter, after + 1).take(limit as usize).collect())
-    }
-
     fn matching_from<'a>(&'a self, filter: &'a Filter, start: u64) -> impl Iterator<Item = Value> + 'a {
         self.ids_from(start).filter_map(|id| self.get(id)).filter(|ioc| filter.matches(ioc))
     }
@@ -212,7 +206,5 @@ mod tests {
             got.extend(ids(&page));
         }
         assert_eq!(got, expected);
-        let (_, after) = store.after(&filter, "k", expected[10], 5);
-        assert_eq!(ids(&after), expected[11..16].to_vec());
     }
 }
