@@ -270,6 +270,9 @@ pub(crate) mod tests {
         let options = config.client_options("pw".to_owned().into(), &env).unwrap();
         assert_eq!(options.ca_file.as_deref(), Some(ca.as_path()));
         assert!(!options.tls_verify);
+        // The same words as the UI's checkboxes.
+        let off = env_of(&[("THREATQ_TLS_VERIFY", "off")]);
+        assert!(!config.client_options("pw".to_owned().into(), &off).unwrap().tls_verify);
 
         let missing = env_of(&[("THREATQ_CA_FILE", "/nonexistent/ca.pem")]);
         let err = config.client_options("pw".to_owned().into(), &missing).unwrap_err();
