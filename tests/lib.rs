@@ -3,6 +3,7 @@
 
 mod cli;
 mod e2e;
+mod install;
 mod lookups_api;
 mod mapping;
 mod relay;
