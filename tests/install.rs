@@ -142,7 +142,9 @@ fn the_static_binary_runs_alone_in_a_chroot() {
     std::fs::set_permissions(jail.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let chrooted = |args: &[&str]| {
         let mut cmd = Command::new("chroot");
+        // PATH only to find chroot itself: nothing it names exists inside the jail.
         cmd.arg(jail).arg(format!("/{BIN}")).args(args).env_clear().env("HOME", "/tmp");
+        cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
         run(&mut cmd)
     };
     let version = chrooted(&["--version"]);
