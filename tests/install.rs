@@ -1,5 +1,5 @@
 //! Getting the connector onto a host: `scripts/install.sh`, the completions a shell offers, and what
-//! `scripts/package` leaves in `target/package/` (the static binary alone in a chroot, the .deb installed,
+//! `scripts/package` leaves in `target/package/` (the static binary alone in a chroot: demo, setup, export; the .deb installed,
 //! upgraded and removed, the RPM's files and scripts).
 //!
 //! The package tests use what `scripts/package` built (run it first; `.ci/run` does). Without it, or without
@@ -9,6 +9,9 @@
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use tqdevo::connector::config::UploadMethod;
+use tqdevo::sandbox::stage::{Ports, Stage};
 
 const BIN: &str = "tq-conn-devo-ioc-exporter";
 
@@ -156,6 +159,31 @@ fn the_static_binary_runs_alone_in_a_chroot() {
     assert!(demo.contains("Connector configured. Set information in UI"), "{demo}");
     assert!(demo.contains("=== Upload method: X.509 relay (legacy) ===") && demo.contains("Demo finished."), "{demo}");
     assert_eq!(std::fs::read_dir(jail.join("tmp")).unwrap().count(), 0, "the demo leaves nothing behind");
+
+    // A real first run and export there, against stand-ins outside: no secret service, so the password goes to
+    // the 0600 file; no system CA store, so only the CA files the user names are trusted.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let stage = runtime.block_on(Stage::start(50, Ports::default(), files.path())).unwrap();
+    std::fs::create_dir(jail.join("etc")).unwrap();
+    std::fs::copy(stage.threatq_ca_file(), jail.join("etc/threatq-ca.pem")).unwrap();
+    std::fs::copy(stage.devo_ca_file(), jail.join("etc/devo-ca.pem")).unwrap();
+    let cron_run = || {
+        let mut cmd = Command::new("chroot");
+        cmd.arg(jail).arg(format!("/{BIN}")).args(["-c", "/etc", "-ll", "stdout", "-v2"]).env_clear();
+        cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (key, value) in stage.env().into_iter().filter(|(k, _)| k != "TQ_SECRETS_BACKEND") {
+            cmd.env(&key, value.replace(files.path().to_str().unwrap(), "/etc"));
+        }
+        run(&mut cmd)
+    };
+    assert!(cron_run().contains("Connector configured. Set information in UI"));
+    assert_eq!(mode(&jail.join(format!("etc/{BIN}.secrets.json"))), 0o600, "the password is in the owner-only file");
+    stage.threatq.set_custom_fields(BIN, stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs"));
+    stage.threatq.set_active(BIN, true);
+    cron_run();
+    let rows = stage.lookup(UploadMethod::LookupsApi, "tq_iocs").expect("the lookup was uploaded");
+    assert!(!rows.is_empty());
 }
 
 /// dpkg on a private root and database: the test never touches the machine's packages, and tests may run at
