@@ -1,6 +1,6 @@
 //! Getting the connector onto a host: `scripts/install.sh`, the completions a shell offers, and what
-//! `scripts/package` leaves in `target/package/` (the static binary alone in a chroot: demo, setup, export; the .deb installed,
-//! upgraded and removed, the RPM's files and scripts).
+//! `scripts/package` leaves in `target/package/` (the static binary alone in a chroot: demo, setup, export; the
+//! .deb installed, upgraded and removed; the RPM's files and scripts).
 //!
 //! The package tests use what `scripts/package` built (run it first; `.ci/run` does). Without it, or without
 //! root for chroot and dpkg, they print why they are skipped and pass, unless `TQDEVO_REQUIRE_PACKAGES=1` (set
