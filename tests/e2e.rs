@@ -507,7 +507,7 @@ fn a_failed_devo_job_exits_5_keeps_no_state_and_the_next_run_converges() {
 fn a_relay_that_drops_every_connection_exits_5() {
     let world = World::configured(UploadMethod::Relay);
     world.stage.relay.set_faults(tqdevo::sandbox::relay::Faults { refuse_handshake: true, ..Default::default() });
-    world.run().assert().code(5).stderr(contains("Devo at localhost:"));
+    world.run().assert().code(5).stderr(contains("Devo at 127.0.0.1:"));
     assert_eq!(world.lookup(UploadMethod::Relay), None);
     assert_eq!(world.state_bytes(), None);
 }

@@ -5,6 +5,7 @@ mod cli;
 mod doctor;
 mod e2e;
 mod faults;
+mod install;
 mod lookups_api;
 mod mapping;
 mod relay;

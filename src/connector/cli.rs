@@ -10,10 +10,15 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use super::config::{self, CONNECTOR_NAME};
 use super::cron::{self, Schedule};
+use super::docs;
 
 use super::logging::{self, LogGuard, LogTarget, Verbosity};
 
 use crate::Error;
+
+/// `--version`: the version, the commit and the target the binary was built for (see build.rs).
+const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TQ_BUILD_COMMIT"), ", ", env!("TQ_BUILD_TARGET"), ")");
 
 const ABOUT: &str = "Keeps a Devo Lookup List equal to the IOCs of a ThreatQ Data Collection.";
 
@@ -82,7 +87,7 @@ fn after_long_help() -> String {
 #[derive(Debug, Parser)]
 #[command(
     name = "tq-conn-devo-ioc-exporter",
-    version,
+    version = VERSION,
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_help = AFTER_HELP,
@@ -148,6 +153,13 @@ pub enum RawCommand {
     Manifest,
     /// Start the ThreatQ and Devo stand-ins and keep them running, for trying the connector by hand
     Sandbox,
+    /// Print the shell completion script for SHELL (the packages install them)
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: docs::Shell,
+    },
+    /// Print the manual page (roff): tq-conn-devo-ioc-exporter man | man -l -
+    Man,
 }
 
 /// What to do.
@@ -165,6 +177,8 @@ pub enum Command {
     Schema,
     Manifest,
     Sandbox,
+    Completions(docs::Shell),
+    Man,
 }
 
 /// A validated command line.
@@ -246,6 +260,8 @@ impl RawArgs {
             (None, Some(RawCommand::Schema)) => Command::Schema,
             (None, Some(RawCommand::Manifest)) => Command::Manifest,
             (None, Some(RawCommand::Sandbox)) => Command::Sandbox,
+            (None, Some(RawCommand::Completions { shell })) => Command::Completions(shell),
+            (None, Some(RawCommand::Man)) => Command::Man,
         };
         Ok(Invocation {
             custom_instance: name != CONNECTOR_NAME,
@@ -275,13 +291,15 @@ impl Invocation {
         Ok(guard)
     }
 
-    /// Runs the commands that need neither ThreatQ nor Devo: `schema`, `manifest` and `--cron`. `None` for the
-    /// others, which the run orchestration owns.
+    /// Runs the commands that need neither ThreatQ nor Devo: `schema`, `manifest`, `completions`, `man` and
+    /// `--cron`. `None` for the others, which the run orchestration owns.
     pub fn run_local(&self, out: &mut dyn Write) -> Option<Result<(), Error>> {
         let text = match &self.command {
             Command::Schema => Ok(config::pretty_json(config::schema())),
             Command::Manifest => Ok(config::pretty_json(&config::definition(Some(&self.name)))),
             Command::Cron(schedule) => self.install_cron(schedule),
+            Command::Completions(shell) => Ok(docs::completions(*shell)),
+            Command::Man => Ok(docs::man_page()),
             Command::Run | Command::Demo | Command::Sandbox | Command::Doctor { .. } => return None,
         };
         Some(text.and_then(|text| out.write_all(text.as_bytes()).map_err(|e| Error::io("writing to stdout", e))))

@@ -54,7 +54,7 @@ pub async fn demo(out: &mut dyn Write) -> Result<(), Error> {
     writeln!(
         out,
         "Stand-ins on loopback: ThreatQ {} with {DEMO_IOCS} IOCs (collection {:?}: the Active ones), Devo Lookups \
-         API {}, Devo relay localhost:{}\n",
+         API {}, Devo relay 127.0.0.1:{}\n",
         stage.threatq.base_url(),
         stage::COLLECTION,
         stage.devo_api.base_url(),
@@ -169,7 +169,7 @@ pub async fn sandbox(out: &mut dyn Write) -> Result<(), Error> {
     .map_err(io_error)?;
     writeln!(
         out,
-        "  Devo relay    localhost:{}  (for the relay method: `demo` shows its UI values)",
+        "  Devo relay    127.0.0.1:{}  (for the relay method: `demo` shows its UI values)",
         stage.relay.port()
     )
     .map_err(io_error)?;

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod cron;
 pub mod demo;
+pub mod docs;
 pub mod doctor;
 pub mod local;
 pub mod lock;

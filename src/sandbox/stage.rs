@@ -101,7 +101,9 @@ impl Stage {
             UploadMethod::Relay => {
                 let client = self.relay.client_cert();
                 fields.insert("devo_upload_method".into(), "relay".into());
-                fields.insert("devo_custom_endpoint".into(), format!("localhost:{}", self.relay.port()));
+                // The address, not `localhost`: a host without /etc/hosts (the static binary in an empty chroot)
+                // cannot resolve that name, and the relay's certificate names 127.0.0.1 too.
+                fields.insert("devo_custom_endpoint".into(), format!("127.0.0.1:{}", self.relay.port()));
                 fields.insert("devo_certificate".into(), client.cert_pem);
                 fields.insert("devo_private_key".into(), client.key_pem);
                 fields.insert("devo_chain_ca".into(), self.relay.ca_pem().to_owned());
