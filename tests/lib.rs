@@ -5,6 +5,7 @@ mod cli;
 mod e2e;
 mod lookups_api;
 mod mapping;
+mod paging;
 mod relay;
 mod sync;
 mod threatq;
