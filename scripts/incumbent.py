@@ -81,6 +81,8 @@ def main():
 
     base = "https://" + os.environ["THREATQ_HOST"]
     http = requests.Session()
+    # No REQUESTS_CA_BUNDLE or proxy from the environment: they would win over the stand-in's CA.
+    http.trust_env = False
     http.verify = os.environ["THREATQ_CA_FILE"]
     token = http.post(f"{base}/api/token", params={"grant_type": "password",
                                                    "client_id": os.environ["THREATQ_CLIENT_ID"]},

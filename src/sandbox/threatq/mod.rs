@@ -37,6 +37,9 @@ pub const DEFAULT_PASSWORD: &str = "sandbox-password";
 pub const CATEGORIES: &[(u64, &str)] = &[(1, "Commercial"), (2, "OSINT"), (3, "Labs"), (4, "Enrichment")];
 /// Requests kept in the log; older ones are dropped so a long-lived sandbox does not grow.
 const LOG_LIMIT: usize = 100_000;
+/// Indicator pages kept as rendered, so that a page asked again costs what a real server's cache hit does and the
+/// benchmarks measure the exporter, not the generator.
+const RENDERED_LIMIT: usize = 2 << 30;
 
 /// How to start the stand-in.
 #[derive(Clone, Debug)]
@@ -193,6 +196,15 @@ struct StandInState {
     log: Vec<LoggedRequest>,
     /// Requests logged so far, numbering the entries.
     logged: u64,
+    rendered: Rendered,
+}
+
+/// Rendered indicator pages of one store version: the JSON body and how many IOCs it holds, by query.
+#[derive(Default)]
+struct Rendered {
+    version: u64,
+    bytes: usize,
+    pages: HashMap<String, (Bytes, usize)>,
 }
 
 type Shared = Arc<Mutex<StandInState>>;
@@ -222,6 +234,7 @@ impl ThreatqStandIn {
             faults: Vec::new(),
             log: Vec::new(),
             logged: 0,
+            rendered: Rendered::default(),
         }));
         let server = HttpsServer::start("ThreatQ stand-in", port, router(shared.clone())).await?;
         Ok(ThreatqStandIn { server, shared })
@@ -741,14 +754,29 @@ async fn query_indicators(
         let (filter, key) = compile(body.get("criteria").unwrap_or(&null), body.get("filters").unwrap_or(&null))?;
         let fields: Vec<&str> =
             body.get("fields").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-        let (total, page, latency) = {
-            let mut state = lock(&shared);
-            let (total, page) = state.store.page(&filter, &key, offset, limit);
-            let latency = state.options.page_latency.of_page(page.len());
-            (total, page, latency)
+        let page_key = format!("{key}|{offset}|{limit}|{:?}|{fields:?}", query.get("with"));
+        let mut state = lock(&shared);
+        let version = state.store.version();
+        if state.rendered.version != version {
+            state.rendered = Rendered { version, ..Rendered::default() };
+        }
+        let (rendered, iocs) = match state.rendered.pages.get(&page_key) {
+            Some(hit) => hit.clone(),
+            None => {
+                let (total, page) = state.store.page(&filter, &key, offset, limit);
+                let data = shape(page, query.get("with"), &fields);
+                let iocs = data.len();
+                let json = json!({"total": total, "data": data, "limit": limit, "offset": offset});
+                let rendered = Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
+                if state.rendered.bytes + rendered.len() <= RENDERED_LIMIT {
+                    state.rendered.bytes += rendered.len();
+                    state.rendered.pages.insert(page_key, (rendered.clone(), iocs));
+                }
+                (rendered, iocs)
+            }
         };
-        let data = shape(page, query.get("with"), &fields);
-        Ok((reply(StatusCode::OK, json!({"total": total, "data": data, "limit": limit, "offset": offset})), latency))
+        let latency = state.options.page_latency.of_page(iocs);
+        Ok(((StatusCode::OK, [(CONTENT_TYPE, "application/json")], rendered).into_response(), latency))
     };
     match run() {
         Ok((response, latency)) => {
