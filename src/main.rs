@@ -7,10 +7,10 @@ use tqdevo::connector::{cli, logging};
 fn main() -> ExitCode {
     let invocation = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let result = invocation.start_logging().and_then(|_log| {
-        let result = match invocation.run_local(&mut std::io::stdout().lock()) {
-            Some(result) => result,
-            None => tqdevo::connector::run::execute(&invocation),
-        };
+        // The stdout lock ends with this statement: held across `execute`, it would stall every log line written
+        // from another thread (`-ll stdout`).
+        let local = invocation.run_local(&mut std::io::stdout().lock());
+        let result = local.unwrap_or_else(|| tqdevo::connector::run::execute(&invocation));
         // The log file records a failed run too, while its writer (`_log`) is still alive to flush the line. (Other
         // commands answer on stdout, which `-ll stdout` shares: `doctor --json` must stay one JSON object.)
         if let Err(e) = &result

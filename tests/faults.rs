@@ -225,23 +225,34 @@ async fn two_instances_at_once_both_converge() {
 const SOAK_FAULTS: [&str; 9] =
     ["none", "html", "redirect", "repeated id", "total changed", "5 MB value", "invalid UTF-8", "Devo job", "none"];
 
+/// A rewrite of the pages whose `offset` is not 0.
+fn later_pages(edit: impl Fn(&mut serde_json::Value) + Send + Sync + 'static) -> Fault {
+    Fault::Rewrite(Rewrite::json(move |p| {
+        if p["offset"].as_u64().is_some_and(|offset| offset > 0) {
+            edit(p);
+        }
+    }))
+}
+
 /// Arms fault `kind`; returns the exit code the run must end with.
 fn arm(world: &World, kind: &str) -> u8 {
     let tq = &world.stage.threatq;
+    // Each fault stays armed for every page request of the run: with several pages in flight, a request of the
+    // run before may still reach the stand-in after the fault is armed and would take a fault armed once.
     match kind {
-        "html" => tq.inject(QUERY, 1, Fault::Html),
-        "redirect" => tq.inject(QUERY, 1, Fault::RedirectToLogin),
-        "repeated id" => tq.inject_after(QUERY, 1, 1, Fault::Rewrite(Rewrite::json(|p| p["data"][0]["id"] = json!(1)))),
-        "total changed" => tq.inject_after(
-            QUERY,
-            1,
-            1,
-            Fault::Rewrite(Rewrite::json(|p| p["total"] = json!(p["total"].as_u64().unwrap_or_default() + 1))),
-        ),
-        "5 MB value" => {
-            tq.inject(QUERY, 1, Fault::Rewrite(Rewrite::json(|p| p["data"][0]["value"] = json!("x".repeat(5 << 20)))))
+        "html" => tq.inject(QUERY, u32::MAX, Fault::Html),
+        "redirect" => tq.inject(QUERY, u32::MAX, Fault::RedirectToLogin),
+        // The pages after the first, told by the page's own offset: requests in flight arrive in any order.
+        "repeated id" => tq.inject(QUERY, u32::MAX, later_pages(|p| p["data"][0]["id"] = json!(1))),
+        "total changed" => {
+            tq.inject(QUERY, u32::MAX, later_pages(|p| p["total"] = json!(p["total"].as_u64().unwrap_or_default() + 1)))
         }
-        "invalid UTF-8" => tq.inject(QUERY, 1, Fault::Rewrite(Rewrite(Arc::new(break_utf8)))),
+        "5 MB value" => tq.inject(
+            QUERY,
+            u32::MAX,
+            Fault::Rewrite(Rewrite::json(|p| p["data"][0]["value"] = json!("x".repeat(5 << 20)))),
+        ),
+        "invalid UTF-8" => tq.inject(QUERY, u32::MAX, Fault::Rewrite(Rewrite(Arc::new(break_utf8)))),
         "Devo job" => {
             world.stage.devo_api.fail_next_job("soak: the job failed");
             return 5;

@@ -8,6 +8,7 @@ mod faults;
 mod install;
 mod lookups_api;
 mod mapping;
+mod paging;
 mod relay;
 mod sync;
 mod threatq;

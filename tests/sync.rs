@@ -673,7 +673,10 @@ async fn a_due_resync_a_changed_target_or_the_clock_jumping_back_means_a_full_re
     let changed_target = full("the lookup or its Devo target changed");
     let mut renamed = api.clone();
     renamed.insert("lookup_table_name".into(), "resync_renamed".into());
-    assert_eq!(action(sync_at(renamed, 47).await), changed_target);
+    let summary = sync_at(renamed, 47).await;
+    let counts = (summary.added, summary.changed, summary.deleted, summary.unchanged, summary.sent);
+    assert_eq!(counts, (summary.unique, 0, 0, 0, summary.unique), "a new target gets, and is told of, every row");
+    assert_eq!(action(summary), changed_target);
     assert_eq!(action(sync_at(world.stage.ui_fields(UploadMethod::Relay, "resync_renamed"), 47).await), changed_target);
     let mut other_endpoint = world.stage.ui_fields(UploadMethod::LookupsApi, "resync_renamed");
     let by_name = other_endpoint["devo_custom_endpoint"].replace("127.0.0.1", "localhost");

@@ -9,7 +9,8 @@ use futures::{Stream, StreamExt};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tqdevo::sandbox::threatq::{
-    ActiveEncoding, DEFAULT_CLIENT_ID, DEFAULT_EMAIL, DEFAULT_PASSWORD, Fault, ThreatqOptions, ThreatqStandIn,
+    ActiveEncoding, DEFAULT_CLIENT_ID, DEFAULT_EMAIL, DEFAULT_PASSWORD, Fault, PageLatency, ThreatqOptions,
+    ThreatqStandIn,
 };
 use tqdevo::threatq::{
     Client, ClientOptions, ConnectorDefinition, ConnectorRegistry, Error, FieldDef, Indicator, Policy,
@@ -131,19 +132,20 @@ async fn token_expiring_while_paging_is_refreshed_transparently() {
 
 #[tokio::test]
 async fn a_token_the_server_already_expired_gets_one_renewal_and_a_retry() {
-    // The server expires tokens well before the `expires_in` it announces (rounded up to a second).
+    // The server expires tokens well before the `expires_in` it announces (rounded up to a second), and takes
+    // longer than that to answer a page: every page request finds its token expired.
     let env = env_with(ThreatqOptions {
         generated: 600,
         token_lifetime: Duration::from_millis(200),
+        page_latency: PageLatency { base: Duration::from_millis(300), per_ioc: Duration::ZERO },
         ..ThreatqOptions::default()
     })
     .await;
     let collection = env.all().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut stream = std::pin::pin!(env.client.indicators(&collection, 200));
     let mut got = Vec::new();
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let Some(page) = within(stream.next()).await else { break };
+    while let Some(page) = within(stream.next()).await {
         got.extend(page.expect("the 401 is absorbed"));
     }
     assert_eq!(got.len(), 600);

@@ -10,6 +10,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use super::config::{self, CONNECTOR_NAME};
 use super::cron::{self, Schedule};
+use super::demo::SandboxArgs;
 use super::docs;
 
 use super::logging::{self, LogGuard, LogTarget, Verbosity};
@@ -152,7 +153,7 @@ pub enum RawCommand {
     /// Print the connector definition registered with ThreatQ
     Manifest,
     /// Start the ThreatQ and Devo stand-ins and keep them running, for trying the connector by hand
-    Sandbox,
+    Sandbox(SandboxArgs),
     /// Print the shell completion script for SHELL (the packages install them)
     Completions {
         #[arg(value_name = "SHELL")]
@@ -176,7 +177,7 @@ pub enum Command {
     },
     Schema,
     Manifest,
-    Sandbox,
+    Sandbox(SandboxArgs),
     Completions(docs::Shell),
     Man,
 }
@@ -259,7 +260,7 @@ impl RawArgs {
             (None, Some(RawCommand::Doctor { json })) => Command::Doctor { json },
             (None, Some(RawCommand::Schema)) => Command::Schema,
             (None, Some(RawCommand::Manifest)) => Command::Manifest,
-            (None, Some(RawCommand::Sandbox)) => Command::Sandbox,
+            (None, Some(RawCommand::Sandbox(args))) => Command::Sandbox(args),
             (None, Some(RawCommand::Completions { shell })) => Command::Completions(shell),
             (None, Some(RawCommand::Man)) => Command::Man,
         };
@@ -300,7 +301,7 @@ impl Invocation {
             Command::Cron(schedule) => self.install_cron(schedule),
             Command::Completions(shell) => Ok(docs::completions(*shell)),
             Command::Man => Ok(docs::man_page()),
-            Command::Run | Command::Demo | Command::Sandbox | Command::Doctor { .. } => return None,
+            Command::Run | Command::Demo | Command::Sandbox(_) | Command::Doctor { .. } => return None,
         };
         Some(text.and_then(|text| out.write_all(text.as_bytes()).map_err(|e| Error::io("writing to stdout", e))))
     }
@@ -413,7 +414,10 @@ mod tests {
         assert!(inv.dry_run && inv.allow_mass_delete && inv.custom_instance);
         assert_eq!(inv.name, "second");
         assert_eq!(parse_ok(&["demo"]).command, Command::Demo);
-        assert_eq!(parse_ok(&["sandbox"]).command, Command::Sandbox);
+        assert_eq!(parse_ok(&["sandbox"]).command, Command::Sandbox(SandboxArgs::default()));
+        let sized = parse_ok(&["sandbox", "--iocs", "1000000", "--seed", "7", "--page-latency", "250+20"]).command;
+        let Command::Sandbox(args) = sized else { panic!("{sized:?}") };
+        assert_eq!((args.iocs, args.seed, args.page_latency.to_string()), (1_000_000, 7, "250+20".to_owned()));
         assert_eq!(parse_ok(&["--cron", "0 */2 * * *"]).command, Command::Cron("0 */2 * * *".parse().unwrap()));
         assert_eq!(parse_ok(&["--cron-dir", "/tmp/c"]).cron_dir, Path::new("/tmp/c"));
     }

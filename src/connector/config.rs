@@ -118,6 +118,11 @@ pub struct UiForm {
     #[schemars(title = "Mass-Delete Guard (%)", range(min = 0, max = 100))]
     #[serde(default = "defaults::max_delete_percent")]
     pub max_delete_percent: u8,
+
+    /// ThreatQ page requests in flight (1 = one at a time); halved by itself on 429, 503 and timeouts.
+    #[schemars(title = "Parallel Page Requests", range(min = 1, max = 16))]
+    #[serde(default = "defaults::parallel_page_requests")]
+    pub parallel_page_requests: u8,
 }
 
 mod defaults {
@@ -132,6 +137,9 @@ mod defaults {
     }
     pub fn max_delete_percent() -> u8 {
         50
+    }
+    pub fn parallel_page_requests() -> u8 {
+        4
     }
 }
 
@@ -148,6 +156,7 @@ pub struct Settings {
     pub sync_mode: SyncMode,
     pub full_resync_every: Duration,
     pub max_delete_percent: u8,
+    pub parallel_page_requests: u8,
 }
 
 /// The form's JSON Schema, as published (`ui-schema/`).
@@ -392,6 +401,7 @@ impl UiForm {
             sync_mode: self.sync_mode,
             full_resync_every: Duration::from_secs(u64::from(self.full_resync_hours) * 3600),
             max_delete_percent: self.max_delete_percent,
+            parallel_page_requests: self.parallel_page_requests,
         })
     }
 }
@@ -415,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn the_form_has_the_seventeen_fields_of_the_product() {
+    fn the_form_has_the_eighteen_fields_of_the_product() {
         let names: Vec<String> = user_fields().into_iter().map(|f| f.name).collect();
         assert_eq!(
             names,
@@ -437,6 +447,7 @@ mod tests {
                 "sync_mode",
                 "full_resync_hours",
                 "max_delete_percent",
+                "parallel_page_requests",
             ]
         );
     }
@@ -463,6 +474,7 @@ mod tests {
         assert_eq!(s.kill_previous_after, Duration::from_secs(3600));
         assert_eq!(s.full_resync_every, Duration::from_secs(24 * 3600));
         assert_eq!(s.max_delete_percent, 50);
+        assert_eq!(s.parallel_page_requests, 4);
         assert_eq!(s.devo.method, UploadMethod::LookupsApi);
         assert_eq!(s.devo.region, Region::Us);
         assert_eq!(s.sync_mode, SyncMode::Incremental);
@@ -480,6 +492,8 @@ mod tests {
             ("allow_multiple_runs", "maybe", "Allow Multiple Runs"),
             ("max_delete_percent", "101", "Mass-Delete Guard (%)"),
             ("sync_mode", "sometimes", "Sync Mode"),
+            ("parallel_page_requests", "0", "Parallel Page Requests"),
+            ("parallel_page_requests", "17", "Parallel Page Requests"),
         ];
         for (field, value, label) in cases {
             let mut f = minimal();

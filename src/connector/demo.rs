@@ -10,7 +10,9 @@ use super::run::{self, Outcome, RunContext};
 use super::setup::LinePrompter;
 use crate::Error;
 use crate::devo::UploadMethod;
+use crate::sandbox::devo_api::LookupsApiStandIn;
 use crate::sandbox::stage::{self, Ports, Stage};
+use crate::sandbox::threatq::{PageLatency, ThreatqOptions};
 
 /// IOCs the demo's ThreatQ holds.
 const DEMO_IOCS: u64 = 3_000;
@@ -147,18 +149,57 @@ fn print_lookup(out: &mut dyn Write, stage: &Stage, method: UploadMethod, lookup
     Ok(())
 }
 
-/// `sandbox`: keeps the stand-ins running on fixed ports and says how to point the real binary at them.
-pub async fn sandbox(out: &mut dyn Write) -> Result<(), Error> {
+/// What `sandbox` serves.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct SandboxArgs {
+    /// IOCs the ThreatQ stand-in holds (about two in five are in its "Devo Export" collection)
+    #[arg(long, value_name = "N", default_value_t = DEMO_IOCS)]
+    pub iocs: u64,
+    /// Seed of the generated IOCs: the same seed gives the same IOCs
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+    /// How long ThreatQ takes to answer a page of indicators: MS, or MS plus US_PER_IOC for each IOC on it
+    #[arg(long, value_name = "MS[+US_PER_IOC]", default_value = "0")]
+    pub page_latency: PageLatency,
+}
+
+impl Default for SandboxArgs {
+    fn default() -> Self {
+        SandboxArgs { iocs: DEMO_IOCS, seed: 1, page_latency: PageLatency::default() }
+    }
+}
+
+/// `sandbox`: keeps the stand-ins running on fixed ports and says how to point the real binary at them. Lines on
+/// stdin drive it (the benchmark does): `configure NAME relay|lookups-api LOOKUP [FIELD=VALUE...]`,
+/// `change PERCENT` (rescores that share of the IOCs), `latency MS[+US_PER_IOC]`; each is answered on one line.
+pub async fn sandbox(args: &SandboxArgs, out: &mut dyn Write) -> Result<(), Error> {
     let files = std::env::temp_dir().join("tq-conn-devo-ioc-exporter-sandbox");
     let ports = Ports { threatq: 8443, devo_api: 8444 };
-    let stage = Stage::start(DEMO_IOCS, ports, &files).await.map_err(|e| Error::io("starting the stand-ins", e))?;
+    let threatq = ThreatqOptions {
+        port: ports.threatq,
+        generated: args.iocs,
+        seed: args.seed,
+        page_latency: args.page_latency,
+        ..ThreatqOptions::default()
+    };
+    let stage = Stage::start_options(threatq, ports.devo_api, &files, LookupsApiStandIn::builder())
+        .await
+        .map_err(|e| Error::io("starting the stand-ins", e))?;
     let env = stage.env();
     let mut vars: Vec<_> =
         env.iter().filter(|(k, _)| !k.starts_with("DEVO_RELAY") && !k.starts_with("DEVO_JOB")).collect();
     vars.sort();
     writeln!(out, "Stand-ins running until Ctrl-C:").map_err(io_error)?;
-    writeln!(out, "  ThreatQ       {}  (collection {:?})", stage.threatq.base_url(), stage::COLLECTION)
-        .map_err(io_error)?;
+    writeln!(
+        out,
+        "  ThreatQ       {}  (collection {:?}; {} IOCs, seed {}, {} ms a page)",
+        stage.threatq.base_url(),
+        stage::COLLECTION,
+        args.iocs,
+        args.seed,
+        args.page_latency
+    )
+    .map_err(io_error)?;
     writeln!(
         out,
         "  Devo API      {}  (domain {:?}, token {:?})",
@@ -167,10 +208,12 @@ pub async fn sandbox(out: &mut dyn Write) -> Result<(), Error> {
         crate::sandbox::devo_api::DEFAULT_TOKEN
     )
     .map_err(io_error)?;
+    let relay_files = write_relay_files(&stage, &files)?;
     writeln!(
         out,
-        "  Devo relay    127.0.0.1:{}  (for the relay method: `demo` shows its UI values)",
-        stage.relay.port()
+        "  Devo relay    127.0.0.1:{}  (client certificate, key and CA: {})",
+        stage.relay.port(),
+        relay_files.join(" ")
     )
     .map_err(io_error)?;
     writeln!(out, "\nIn another shell, set up and run the real binary:").map_err(io_error)?;
@@ -184,9 +227,14 @@ pub async fn sandbox(out: &mut dyn Write) -> Result<(), Error> {
     out.flush().map_err(io_error)?;
     let fields = stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs");
     let name = super::config::CONNECTOR_NAME;
+    let mut commands = stdin_lines();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            Some(line) = commands.recv() => {
+                writeln!(out, "{}", obey(&stage, args.iocs, &line)).map_err(io_error)?;
+                out.flush().map_err(io_error)?;
+            }
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
                 if stage.threatq.connector(name).is_some_and(|c| c["custom_fields"].as_object().is_none_or(|f| f.is_empty())) {
                     stage.threatq.set_custom_fields(name, fields.clone());
@@ -199,4 +247,83 @@ pub async fn sandbox(out: &mut dyn Write) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The relay's client certificate, its key and the CA, as files a devo-sdk `SenderConfigSSL` takes.
+fn write_relay_files(stage: &Stage, dir: &std::path::Path) -> Result<Vec<String>, Error> {
+    let client = stage.relay.client_cert();
+    let files = [("relay-client.crt", client.cert_pem), ("relay-client.key", client.key_pem)];
+    let files = files.into_iter().chain([("relay-ca.crt", stage.relay.ca_pem().to_owned())]);
+    files
+        .map(|(name, pem)| {
+            let path = dir.join(name);
+            super::local::write_atomically(&path, pem.as_bytes(), 0o600)?;
+            Ok(path.display().to_string())
+        })
+        .collect()
+}
+
+/// Lines typed on stdin. A thread of its own reads them: a blocked read must not hold up the exit.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Carries out one stdin command; the answer starts with `ok` or `error`.
+fn obey(stage: &Stage, iocs: u64, line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["configure", name, method, lookup, fields @ ..] => {
+            let method = match *method {
+                "relay" => UploadMethod::Relay,
+                "lookups-api" => UploadMethod::LookupsApi,
+                other => return format!("error: upload method {other:?} is neither relay nor lookups-api"),
+            };
+            let mut form = stage.ui_fields(method, lookup);
+            for field in fields {
+                let Some((key, value)) = field.split_once('=') else {
+                    return format!("error: {field:?} is not FIELD=VALUE");
+                };
+                form.insert(key.to_owned(), value.to_owned());
+            }
+            if !stage.threatq.set_custom_fields(name, form) || !stage.threatq.set_active(name, true) {
+                return format!("error: no connector {name:?} is registered yet; run the binary once first");
+            }
+            format!("ok: {name} exports to {lookup} by {method:?}")
+        }
+        ["change", percent] => match percent.parse::<u64>() {
+            Ok(percent @ 1..=100) => {
+                let stamp = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
+                let changed = (1..=iocs)
+                    .step_by((100 / percent) as usize)
+                    .filter(|id| {
+                        stage.threatq.modify_indicator(*id, |i| {
+                            i["score"] = json!(10);
+                            i["updated_at"] = json!(stamp);
+                        })
+                    })
+                    .count();
+                format!("ok: rescored {changed} IOCs")
+            }
+            _ => format!("error: {percent:?} is not a percentage from 1 to 100"),
+        },
+        ["latency", latency] => match latency.parse::<PageLatency>() {
+            Ok(latency) => {
+                stage.threatq.set_page_latency(latency);
+                format!("ok: pages take {latency} ms")
+            }
+            Err(e) => format!("error: {e}"),
+        },
+        _ => format!(
+            "error: {line:?}: commands are `configure NAME relay|lookups-api LOOKUP [FIELD=VALUE...]`, \
+             `change PERCENT`, `latency MS[+US_PER_IOC]`"
+        ),
+    }
 }

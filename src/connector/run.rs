@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use std::io::IsTerminal as _;
 
+use futures::TryStreamExt as _;
 use serde_json::json;
 
 use super::config::{self, Settings};
@@ -181,7 +182,14 @@ async fn export(
     tracing::info!(collection = %collection.name, devo = %uploader.describe(), "exporting");
     let progress = Progress::new("IOCs");
     let options = SyncOptions { dry_run: ctx.dry_run, allow_mass_delete: ctx.allow_mass_delete, now: started };
-    let pages = client.indicators(&collection, settings.batch_size);
+    let pages = client
+        .pages(&collection, settings.batch_size, settings.parallel_page_requests.into())
+        .inspect_ok(|batch| {
+            if let Some(total) = batch.total {
+                progress.set_total(total);
+            }
+        })
+        .map_ok(|batch| batch.indicators);
     let mut seen = 0;
     let summary = sync::sync(pages, settings, uploader, &state_path(&ctx.dir, &ctx.name), &options, |fetched| {
         progress.inc(fetched - seen);
@@ -214,7 +222,7 @@ pub fn execute(invocation: &super::cli::Invocation) -> Result<(), Error> {
         let work = async {
             match &invocation.command {
                 Command::Demo => super::demo::demo(&mut stdout).await,
-                Command::Sandbox => super::demo::sandbox(&mut stdout).await,
+                Command::Sandbox(args) => super::demo::sandbox(args, &mut stdout).await,
                 Command::Doctor { json } => super::doctor::doctor(invocation, *json, &mut stdout).await,
                 _ => {
                     let dir = std::path::absolute(&invocation.config_dir)

@@ -48,10 +48,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The one-line summary a run prints or logs at its end.
+    /// The one-line summary a run prints or logs at its end; a real run also says how many rows it sent.
     pub fn line(&self) -> String {
         format!(
-            "{}{} sync: fetched {}, unique {}, added {}, changed {}, deleted {}, unchanged {}, duplicates {}, {:.1} s",
+            "{}{} sync: fetched {}, unique {}, added {}, changed {}, deleted {}, unchanged {}, duplicates {}, {}{:.1} s",
             match (self.dry_run, self.action.as_str()) {
                 (false, _) => "",
                 (true, "incremental") => "dry run of an ",
@@ -65,6 +65,7 @@ impl Summary {
             self.deleted,
             self.unchanged,
             self.duplicates,
+            if self.dry_run { String::new() } else { format!("sent {}, ", self.sent) },
             self.seconds
         )
     }
@@ -152,6 +153,8 @@ where
         plan.check(collected.unique(), settings.max_delete_percent)?;
     }
     let deletions = state.as_ref().map(|s| s.deletions(collected.index(), table.columns.len()));
+    // After a target change the state describes another lookup: to this one, every row is new.
+    let new_target = plan.action == Action::Full(FullReason::TargetChanged);
     let mut summary = Summary {
         action: match plan.action {
             Action::Full(_) => "full".into(),
@@ -163,10 +166,10 @@ where
         },
         fetched: collected.fetched(),
         unique: collected.unique(),
-        added: plan.added.len(),
-        changed: plan.changed.len(),
-        deleted: plan.deleted,
-        unchanged: plan.unchanged,
+        added: if new_target { collected.unique() } else { plan.added.len() },
+        changed: if new_target { 0 } else { plan.changed.len() },
+        deleted: if new_target { 0 } else { plan.deleted },
+        unchanged: if new_target { 0 } else { plan.unchanged },
         duplicates: collected.duplicates(),
         sent: 0,
         seconds: 0.0,

@@ -39,12 +39,21 @@ impl Stage {
 
     /// [`Stage::start`] with a Lookups API stand-in built from `devo_api` (benchmarks keep no rows).
     pub async fn start_with(iocs: u64, ports: Ports, files: &Path, devo_api: devo_api::Builder) -> io::Result<Stage> {
+        let threatq = ThreatqOptions { port: ports.threatq, generated: iocs, ..Default::default() };
+        Self::start_options(threatq, ports.devo_api, files, devo_api).await
+    }
+
+    /// [`Stage::start_with`] with a ThreatQ stand-in of any size, seed and speed (`sandbox`).
+    pub async fn start_options(
+        threatq: ThreatqOptions,
+        devo_api_port: u16,
+        files: &Path,
+        devo_api: devo_api::Builder,
+    ) -> io::Result<Stage> {
         crate::init_tls();
-        let threatq =
-            ThreatqStandIn::start(ThreatqOptions { port: ports.threatq, generated: iocs, ..Default::default() })
-                .await?;
+        let threatq = ThreatqStandIn::start(threatq).await?;
         threatq.add_collection(COLLECTION, json!({"criteria": {"status_name": "Active"}, "filters": {}}));
-        let devo_api = devo_api.port(ports.devo_api).start().await?;
+        let devo_api = devo_api.port(devo_api_port).start().await?;
         let relay = RelayStandIn::start().await?;
         std::fs::create_dir_all(files)?;
         std::fs::write(files.join("threatq-ca.pem"), threatq.ca_pem())?;

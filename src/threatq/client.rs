@@ -1,6 +1,7 @@
 //! The ThreatQ HTTP client: sign-in and token upkeep, bounded retries, error classification, and the read calls
 //! (data collections and their indicators, streamed a page at a time).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::pages::{self, Batch, FetchPage, Window};
 use super::parse::{self, Page};
 use super::{ClientOptions, DataCollection, Error, Indicator, tls};
 
@@ -63,7 +65,8 @@ impl Policy {
     }
 }
 
-/// A signed-in session with one ThreatQ instance.
+/// A signed-in session with one ThreatQ instance. Clones share the session (its token).
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: Url,
@@ -73,7 +76,9 @@ pub struct Client {
     username: String,
     password: SecretString,
     policy: Policy,
-    auth: tokio::sync::Mutex<Auth>,
+    auth: Arc<tokio::sync::Mutex<Auth>>,
+    /// The pager's window of requests in flight, told of overload and of clean answers.
+    window: Option<Arc<Window>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -125,7 +130,8 @@ impl Client {
             username: options.username,
             password: options.password,
             policy,
-            auth: tokio::sync::Mutex::default(),
+            auth: Arc::default(),
+            window: None,
         })
     }
 
@@ -173,57 +179,43 @@ impl Client {
         }
     }
 
-    /// The collection's indicators, a page at a time, by offset (`sort=id`). Ends at `offset >= total` or an
-    /// empty page, so a collection that shrinks while paged still ends. Only one page is held at a time.
+    /// The collection's indicators, a page at a time, by offset (`sort=id`), one request at a time.
     pub fn indicators<'a>(
         &'a self,
         collection: &DataCollection,
         page_size: u32,
     ) -> impl Stream<Item = Result<Vec<Indicator>, Error>> + Send + use<'a> {
-        let body = json!({"criteria": collection.criteria, "filters": collection.filters, "fields": FIELDS});
-        let limit = page_size.clamp(1, MAX_PAGE).to_string();
-        let name = collection.name.clone();
-        // Offsets shift when the collection changes while it is read: a row would be read twice or, worse, never
-        // (and then deleted from the lookup). Pages come sorted by id, so a shift shows as an id not above the
-        // previous page's last, or as a `total` that moved; the run then fails and the next one reads it again.
-        let paging = Paging { total: None, last_id: None };
-        futures::stream::try_unfold((body, Some(0u64), paging), move |(body, offset, mut paging)| {
-            let (limit, name) = (limit.clone(), name.clone());
-            async move {
-                let Some(offset) = offset else { return Ok(None) };
-                let query = [
-                    ("limit", limit),
-                    ("offset", offset.to_string()),
-                    ("sort", "id".to_owned()),
-                    ("with", WITH.to_owned()),
-                ];
-                let page: Page = self.call(Method::POST, QUERY_PATH, &query, Some(&body)).await?;
-                let data = page.data.unwrap_or_default();
-                if data.is_empty() {
-                    return Ok(None);
-                }
-                let changed = |detail: String| Error::Changed { name: name.clone(), detail };
-                match (paging.total, page.total) {
-                    (Some(before), Some(now)) if before != now => {
-                        return Err(changed(format!("its total went from {before} to {now} between pages")));
-                    }
-                    (None, now) => paging.total = now,
-                    _ => {}
-                }
-                if let (Some(last), Some(first)) = (paging.last_id, data.first().map(|i| i.id))
-                    && first <= last
-                {
-                    return Err(changed(format!("indicator id {first} came again after id {last} at offset {offset}")));
-                }
-                paging.last_id = data.last().map(|i| i.id);
-                let next = offset + data.len() as u64;
-                let more = page.total.is_none_or(|total| next < total);
-                let indicators: Vec<Indicator> = data.into_iter().map(Indicator::from).collect();
-                if let Some(huge) = indicators.iter().find(|i| i.value.len() > MAX_VALUE_BYTES) {
-                    return Err(Error::Oversized { id: huge.id, bytes: huge.value.len(), limit: MAX_VALUE_BYTES });
-                }
-                Ok(Some((indicators, (body, more.then_some(next), paging))))
-            }
+        use futures::TryStreamExt as _;
+        self.pages(collection, page_size, 1).map_ok(|batch| batch.indicators)
+    }
+
+    /// The collection's pages by offset (`sort=id`), in order, with up to `in_flight` requests outstanding
+    /// (fewer while ThreatQ answers 429, 503 or times out). Pages are fetched by a task of their own, ahead of
+    /// the consumer by at most a few pages.
+    ///
+    /// Offsets shift when the collection changes while it is read: a row would be read twice or, worse, never
+    /// (and then deleted from the lookup). Pages come sorted by id, so a shift shows as an id not above the
+    /// previous page's last, or as a `total` that moved; the read then fails and the next run reads it again.
+    /// The check runs on the pages in order, so it is the same at any number of requests in flight.
+    pub fn pages(
+        &self,
+        collection: &DataCollection,
+        page_size: u32,
+        in_flight: u32,
+    ) -> impl Stream<Item = Result<Batch, Error>> + Send + use<> {
+        use futures::StreamExt as _;
+        let window = Arc::new(Window::new(in_flight));
+        let limit = page_size.clamp(1, MAX_PAGE);
+        let fetcher = PageFetcher {
+            client: Client { window: Some(window.clone()), ..self.clone() },
+            body: Arc::new(json!({"criteria": collection.criteria, "filters": collection.filters, "fields": FIELDS})),
+            limit: limit.to_string(),
+        };
+        let mut paging = Paging { name: collection.name.clone(), total: None, last_id: None };
+        pages::in_order(fetcher, u64::from(limit), window).map(move |batch| {
+            let batch = batch?;
+            paging.check(&batch)?;
+            Ok(batch)
         })
     }
 
@@ -377,14 +369,25 @@ impl Client {
         let mut attempt = 0;
         loop {
             let (wait, why) = match self.attempt(build()).await {
-                Ok((reply, _)) if !retryable(reply.status) => return Ok(reply),
+                Ok((reply, _)) if !retryable(reply.status) => {
+                    if let Some(window) = self.window.as_ref().filter(|_| attempt == 0 && reply.status.is_success()) {
+                        window.clean();
+                    }
+                    return Ok(reply);
+                }
                 Ok((reply, retry_after)) => {
+                    if let Some(window) = self.window.as_ref().filter(|_| overloaded(reply.status)) {
+                        window.congested(retry_after.map(|wait| wait.min(self.policy.retry_after_cap)));
+                    }
                     if attempt >= self.policy.max_retries {
                         return Err(status_error(path, &reply));
                     }
                     (self.policy.delay(attempt, retry_after), format!("HTTP {}", reply.status.as_u16()))
                 }
                 Err(e) => {
+                    if let Some(window) = self.window.as_ref().filter(|_| e.is_timeout()) {
+                        window.congested(None);
+                    }
                     let (detail, transient) = describe(e);
                     // A certificate the configured trust refuses will not pass on a retry; the user fixes it.
                     if !transient {
@@ -421,10 +424,58 @@ impl Client {
     }
 }
 
-/// What [`Client::indicators`] remembers between pages to see the collection shift under it.
+/// What [`Client::pages`] remembers between pages to see the collection shift under it.
 struct Paging {
+    name: String,
     total: Option<u64>,
     last_id: Option<u64>,
+}
+
+impl Paging {
+    fn check(&mut self, batch: &Batch) -> Result<(), Error> {
+        let changed = |detail: String| Error::Changed { name: self.name.clone(), detail };
+        match (self.total, batch.total) {
+            (Some(before), Some(now)) if before != now => {
+                return Err(changed(format!("its total went from {before} to {now} between pages")));
+            }
+            (None, now) => self.total = now,
+            _ => {}
+        }
+        if let (Some(last), Some(first)) = (self.last_id, batch.indicators.first().map(|i| i.id))
+            && first <= last
+        {
+            return Err(changed(format!("indicator id {first} came again after id {last}")));
+        }
+        self.last_id = batch.indicators.last().map(|i| i.id).or(self.last_id);
+        if let Some(huge) = batch.indicators.iter().find(|i| i.value.len() > MAX_VALUE_BYTES) {
+            return Err(Error::Oversized { id: huge.id, bytes: huge.value.len(), limit: MAX_VALUE_BYTES });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct PageFetcher {
+    client: Client,
+    body: Arc<Value>,
+    limit: String,
+}
+
+impl FetchPage for PageFetcher {
+    fn fetch(&self, offset: u64) -> impl Future<Output = Result<Batch, Error>> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let query = [
+                ("limit", this.limit.clone()),
+                ("offset", offset.to_string()),
+                ("sort", "id".to_owned()),
+                ("with", WITH.to_owned()),
+            ];
+            let page: Page = this.client.call(Method::POST, QUERY_PATH, &query, Some(&this.body)).await?;
+            let indicators = page.data.unwrap_or_default().into_iter().map(Indicator::from).collect();
+            Ok(Batch { indicators, total: page.total })
+        }
+    }
 }
 
 fn build_http(tls: rustls::ClientConfig, policy: &Policy) -> Result<reqwest::Client, Error> {
@@ -436,6 +487,11 @@ fn build_http(tls: rustls::ClientConfig, policy: &Policy) -> Result<reqwest::Cli
         .user_agent(concat!("tq-conn-devo-ioc-exporter/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::Tls(describe(e).0))
+}
+
+/// The answers that say ThreatQ has more than it can take: fewer requests in flight.
+fn overloaded(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
 }
 
 fn retryable(status: StatusCode) -> bool {

@@ -2,12 +2,14 @@
 
 mod client;
 mod model;
+mod pages;
 mod parse;
 mod registry;
 mod tls;
 
 pub use client::{Client, Policy};
 pub use model::*;
+pub use pages::{Batch, Window};
 pub use parse::{indicator_from_json, parse_is_active};
 
 /// Everything that can go wrong talking to ThreatQ. Messages name the host, path or setting to fix, never a

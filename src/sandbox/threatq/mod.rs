@@ -37,6 +37,9 @@ pub const DEFAULT_PASSWORD: &str = "sandbox-password";
 pub const CATEGORIES: &[(u64, &str)] = &[(1, "Commercial"), (2, "OSINT"), (3, "Labs"), (4, "Enrichment")];
 /// Requests kept in the log; older ones are dropped so a long-lived sandbox does not grow.
 const LOG_LIMIT: usize = 100_000;
+/// Indicator pages kept as rendered, so that a page asked again costs what a real server's cache hit does and the
+/// benchmarks measure the exporter, not the generator.
+const RENDERED_LIMIT: usize = 2 << 30;
 
 /// How to start the stand-in.
 #[derive(Clone, Debug)]
@@ -50,6 +53,43 @@ pub struct ThreatqOptions {
     /// How many generated indicators (ids `1..=generated`) the instance holds.
     pub generated: u64,
     pub seed: u64,
+    /// How long an indicator page takes to answer, as a real instance's joins do.
+    pub page_latency: PageLatency,
+}
+
+/// The time a page takes: `base` plus `per_ioc` for each indicator on it. Written `MS` or `MS+US_PER_IOC`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageLatency {
+    pub base: Duration,
+    pub per_ioc: Duration,
+}
+
+impl PageLatency {
+    fn of_page(self, iocs: usize) -> Duration {
+        self.base + self.per_ioc * u32::try_from(iocs).unwrap_or(u32::MAX)
+    }
+}
+
+impl std::str::FromStr for PageLatency {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |part: &str| {
+            part.trim().parse::<u64>().map_err(|_| format!("{text:?} is not MS or MS+US_PER_IOC (whole numbers)"))
+        };
+        let (base, per_ioc) = text.split_once('+').unwrap_or((text, "0"));
+        Ok(PageLatency { base: Duration::from_millis(number(base)?), per_ioc: Duration::from_micros(number(per_ioc)?) })
+    }
+}
+
+impl std::fmt::Display for PageLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.base.as_millis())?;
+        if !self.per_ioc.is_zero() {
+            write!(f, "+{}", self.per_ioc.as_micros())?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for ThreatqOptions {
@@ -62,6 +102,7 @@ impl Default for ThreatqOptions {
             token_lifetime: Duration::from_secs(3600),
             generated: 0,
             seed: 1,
+            page_latency: PageLatency::default(),
         }
     }
 }
@@ -154,6 +195,11 @@ pub struct LoggedRequest {
     pub path: String,
     pub query: String,
     pub authorization: Option<String>,
+    /// When the stand-in received the request, and when its answer was ready: the stand-in's own record of
+    /// how requests overlapped.
+    pub started: Instant,
+    pub finished: Option<Instant>,
+    seq: u64,
 }
 
 struct ArmedFault {
@@ -181,6 +227,17 @@ struct StandInState {
     store: Store,
     faults: Vec<ArmedFault>,
     log: Vec<LoggedRequest>,
+    /// Requests logged so far, numbering the entries.
+    logged: u64,
+    rendered: Rendered,
+}
+
+/// Rendered indicator pages of one store version: the JSON body and how many IOCs it holds, by query.
+#[derive(Default)]
+struct Rendered {
+    version: u64,
+    bytes: usize,
+    pages: HashMap<String, (Bytes, usize)>,
 }
 
 type Shared = Arc<Mutex<StandInState>>;
@@ -209,6 +266,8 @@ impl ThreatqStandIn {
             collections: Vec::new(),
             faults: Vec::new(),
             log: Vec::new(),
+            logged: 0,
+            rendered: Rendered::default(),
         }));
         let server = HttpsServer::start("ThreatQ stand-in", port, router(shared.clone())).await?;
         Ok(ThreatqStandIn { server, shared })
@@ -342,6 +401,11 @@ impl ThreatqStandIn {
         self.state().faults.push(armed);
     }
 
+    /// Applies to indicator pages asked from now on.
+    pub fn set_page_latency(&self, latency: PageLatency) {
+        self.state().options.page_latency = latency;
+    }
+
     pub fn clear_faults(&self) {
         self.state().faults.clear();
     }
@@ -427,20 +491,29 @@ fn router(shared: Shared) -> Router {
 }
 
 async fn log_request(State(shared): State<Shared>, request: Request, next: Next) -> Response {
-    let entry = LoggedRequest {
-        method: request.method().to_string(),
-        path: request.uri().path().to_owned(),
-        query: request.uri().query().unwrap_or_default().to_owned(),
-        authorization: request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned),
-    };
-    {
+    let seq = {
         let mut state = lock(&shared);
         if state.log.len() >= LOG_LIMIT {
             state.log.drain(..LOG_LIMIT / 2);
         }
+        state.logged += 1;
+        let entry = LoggedRequest {
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            query: request.uri().query().unwrap_or_default().to_owned(),
+            authorization: request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            started: Instant::now(),
+            finished: None,
+            seq: state.logged,
+        };
         state.log.push(entry);
+        state.logged
+    };
+    let response = next.run(request).await;
+    if let Some(entry) = lock(&shared).log.iter_mut().rev().find(|e| e.seq == seq) {
+        entry.finished = Some(Instant::now());
     }
-    next.run(request).await
+    response
 }
 
 async fn inject_faults(State(shared): State<Shared>, request: Request, next: Next) -> Response {
@@ -719,7 +792,7 @@ async fn query_indicators(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let run = || -> Result<Response, Response> {
+    let run = || -> Result<(Response, Duration), Response> {
         let body = if body.is_empty() { Map::new() } else { body_object(&body)? };
         sorted_by_id(&query)?;
         let (limit, offset) = (number(&query, "limit", 1000)?, number(&query, "offset", 0)?);
@@ -727,11 +800,37 @@ async fn query_indicators(
         let (filter, key) = compile(body.get("criteria").unwrap_or(&null), body.get("filters").unwrap_or(&null))?;
         let fields: Vec<&str> =
             body.get("fields").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-        let (total, page) = lock(&shared).store.page(&filter, &key, offset, limit);
-        let data = shape(page, query.get("with"), &fields);
-        Ok(reply(StatusCode::OK, json!({"total": total, "data": data, "limit": limit, "offset": offset})))
+        let page_key = format!("{key}|{offset}|{limit}|{:?}|{fields:?}", query.get("with"));
+        let mut state = lock(&shared);
+        let version = state.store.version();
+        if state.rendered.version != version {
+            state.rendered = Rendered { version, ..Rendered::default() };
+        }
+        let (rendered, iocs) = match state.rendered.pages.get(&page_key) {
+            Some(hit) => hit.clone(),
+            None => {
+                let (total, page) = state.store.page(&filter, &key, offset, limit);
+                let data = shape(page, query.get("with"), &fields);
+                let iocs = data.len();
+                let json = json!({"total": total, "data": data, "limit": limit, "offset": offset});
+                let rendered = Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
+                if state.rendered.bytes + rendered.len() <= RENDERED_LIMIT {
+                    state.rendered.bytes += rendered.len();
+                    state.rendered.pages.insert(page_key, (rendered.clone(), iocs));
+                }
+                (rendered, iocs)
+            }
+        };
+        let latency = state.options.page_latency.of_page(iocs);
+        Ok(((StatusCode::OK, [(CONTENT_TYPE, "application/json")], rendered).into_response(), latency))
     };
-    run().unwrap_or_else(|response| response)
+    match run() {
+        Ok((response, latency)) => {
+            tokio::time::sleep(latency).await;
+            response
+        }
+        Err(response) => response,
+    }
 }
 
 async fn adversaries(

@@ -40,6 +40,11 @@ impl Store {
         self.version += 1;
     }
 
+    /// Changes at every edit: what was rendered from an older version is stale.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     pub fn get(&self, id: u64) -> Option<Value> {
         match self.overlay.get(&id) {
             Some(entry) => entry.clone(),
