@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use tqdevo::connector::{cli, logging};
+use tqdevo::connector::{cli, logging, run};
+use tqdevo::sandbox::demo;
 
 fn main() -> ExitCode {
     let invocation = cli::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
@@ -10,7 +11,15 @@ fn main() -> ExitCode {
         // The stdout lock ends with this statement: held across `execute`, it would stall every log line written
         // from another thread (`-ll stdout`).
         let local = invocation.run_local(&mut std::io::stdout().lock());
-        let result = local.unwrap_or_else(|| tqdevo::connector::run::execute(&invocation));
+        let result = local.unwrap_or_else(|| {
+            // `demo` and `sandbox` run the connector against the stand-ins, so they live above both, with them.
+            let mut stdout = std::io::stdout();
+            match &invocation.command {
+                cli::Command::Demo => run::stoppable(&invocation, demo::demo(&mut stdout)),
+                cli::Command::Sandbox(args) => run::stoppable(&invocation, demo::sandbox(args, &mut stdout)),
+                _ => run::execute(&invocation),
+            }
+        });
         // The log file records a failed run too, while its writer (`_log`) is still alive to flush the line. (Other
         // commands answer on stdout, which `-ll stdout` shares: `doctor --json` must stay one JSON object.)
         if let Err(e) = &result

@@ -5,12 +5,12 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use super::config::{self, CONNECTOR_NAME};
 use super::cron::{self, Schedule};
-use super::demo::SandboxArgs;
 use super::docs;
 
 use super::logging::{self, LogGuard, LogTarget, Verbosity};
@@ -161,6 +161,67 @@ pub enum RawCommand {
     },
     /// Print the manual page (roff): tq-conn-devo-ioc-exporter man | man -l -
     Man,
+}
+
+/// What `sandbox` serves. (The command runs in `sandbox::demo`, above the connector: the command line only parses.)
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct SandboxArgs {
+    /// IOCs the ThreatQ stand-in holds (about two in five are in its "Devo Export" collection)
+    #[arg(long, value_name = "N", default_value_t = SandboxArgs::DEFAULT_IOCS)]
+    pub iocs: u64,
+    /// Seed of the generated IOCs: the same seed gives the same IOCs
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+    /// How long ThreatQ takes to answer a page of indicators: MS, or MS plus US_PER_IOC for each IOC on it
+    #[arg(long, value_name = "MS[+US_PER_IOC]", default_value = "0")]
+    pub page_latency: PageLatency,
+}
+
+impl SandboxArgs {
+    /// IOCs the stand-in holds unless `--iocs` says otherwise; `demo` serves as many.
+    pub const DEFAULT_IOCS: u64 = 3_000;
+}
+
+impl Default for SandboxArgs {
+    fn default() -> Self {
+        SandboxArgs { iocs: Self::DEFAULT_IOCS, seed: 1, page_latency: PageLatency::default() }
+    }
+}
+
+/// The time a page takes the ThreatQ stand-in: `base` plus `per_ioc` for each indicator on it. Written `MS` or
+/// `MS+US_PER_IOC` (`sandbox --page-latency` and its `latency` command).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageLatency {
+    pub base: Duration,
+    pub per_ioc: Duration,
+}
+
+impl PageLatency {
+    pub fn of_page(self, iocs: usize) -> Duration {
+        self.base + self.per_ioc * u32::try_from(iocs).unwrap_or(u32::MAX)
+    }
+}
+
+impl std::str::FromStr for PageLatency {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |part: &str| {
+            part.trim().parse::<u64>().map_err(|_| format!("{text:?} is not MS or MS+US_PER_IOC (whole numbers)"))
+        };
+        let (base, per_ioc) = text.split_once('+').unwrap_or((text, "0"));
+        Ok(PageLatency { base: Duration::from_millis(number(base)?), per_ioc: Duration::from_micros(number(per_ioc)?) })
+    }
+}
+
+impl std::fmt::Display for PageLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.base.as_millis())?;
+        if !self.per_ioc.is_zero() {
+            write!(f, "+{}", self.per_ioc.as_micros())?;
+        }
+        Ok(())
+    }
 }
 
 /// What to do.

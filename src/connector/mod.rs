@@ -3,7 +3,6 @@
 pub mod cli;
 pub mod config;
 pub mod cron;
-pub mod demo;
 pub mod docs;
 pub mod doctor;
 pub mod local;

@@ -211,38 +211,44 @@ fn print_plan(out: &mut dyn std::io::Write, summary: &Summary) -> std::io::Resul
     writeln!(out, "dry run: nothing was sent to Devo and the state is unchanged")
 }
 
-/// Runs the commands that talk to ThreatQ or Devo (the run, `demo`, `sandbox`) on a tokio runtime. SIGTERM and
-/// Ctrl-C stop a run cleanly: the upload is dropped without its END, the lock is released and the state is kept.
+/// Runs the commands of the connector that talk to ThreatQ or Devo (the run, `doctor`) with [`stoppable`].
 pub fn execute(invocation: &super::cli::Invocation) -> Result<(), Error> {
+    let mut stdout = std::io::stdout();
+    stoppable(invocation, async {
+        match &invocation.command {
+            super::cli::Command::Doctor { json } => super::doctor::doctor(invocation, *json, &mut stdout).await,
+            _ => {
+                let dir = std::path::absolute(&invocation.config_dir)
+                    .map_err(|e| Error::io(format!("resolving {}", invocation.config_dir.display()), e))?;
+                let mut prompter = super::setup::LinePrompter::stdio();
+                let ctx = RunContext {
+                    dir,
+                    name: invocation.name.clone(),
+                    cron_dir: invocation.cron_dir.clone(),
+                    dry_run: invocation.dry_run,
+                    allow_mass_delete: invocation.allow_mass_delete,
+                    env: &super::local::process_env,
+                    prompter: &mut prompter,
+                    out: &mut stdout,
+                    logs_to_out: invocation.log == super::logging::LogTarget::Stdout,
+                };
+                run(ctx).await.map(drop)
+            }
+        }
+    })
+}
+
+/// Runs `work` (a run, `doctor`, or `demo` and `sandbox`, which the binary hands in from the stand-ins' layer) on
+/// a tokio runtime. SIGTERM and Ctrl-C stop it cleanly: a run's upload is dropped without its END, the lock is
+/// released and the state is kept.
+pub fn stoppable(
+    invocation: &super::cli::Invocation,
+    work: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
     use super::cli::Command;
     crate::init_tls();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     runtime.block_on(async {
-        let mut stdout = std::io::stdout();
-        let work = async {
-            match &invocation.command {
-                Command::Demo => super::demo::demo(&mut stdout).await,
-                Command::Sandbox(args) => super::demo::sandbox(args, &mut stdout).await,
-                Command::Doctor { json } => super::doctor::doctor(invocation, *json, &mut stdout).await,
-                _ => {
-                    let dir = std::path::absolute(&invocation.config_dir)
-                        .map_err(|e| Error::io(format!("resolving {}", invocation.config_dir.display()), e))?;
-                    let mut prompter = super::setup::LinePrompter::stdio();
-                    let ctx = RunContext {
-                        dir,
-                        name: invocation.name.clone(),
-                        cron_dir: invocation.cron_dir.clone(),
-                        dry_run: invocation.dry_run,
-                        allow_mass_delete: invocation.allow_mass_delete,
-                        env: &super::local::process_env,
-                        prompter: &mut prompter,
-                        out: &mut stdout,
-                        logs_to_out: invocation.log == super::logging::LogTarget::Stdout,
-                    };
-                    run(ctx).await.map(drop)
-                }
-            }
-        };
         let started = Utc::now();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::io("installing the SIGTERM handler", e))?;

@@ -9,6 +9,9 @@ mod filter;
 pub mod generate;
 mod store;
 
+// The latency parses on the command line (`sandbox --page-latency`), which stays below the stand-ins.
+pub use crate::connector::cli::PageLatency;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -55,41 +58,6 @@ pub struct ThreatqOptions {
     pub seed: u64,
     /// How long an indicator page takes to answer, as a real instance's joins do.
     pub page_latency: PageLatency,
-}
-
-/// The time a page takes: `base` plus `per_ioc` for each indicator on it. Written `MS` or `MS+US_PER_IOC`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PageLatency {
-    pub base: Duration,
-    pub per_ioc: Duration,
-}
-
-impl PageLatency {
-    fn of_page(self, iocs: usize) -> Duration {
-        self.base + self.per_ioc * u32::try_from(iocs).unwrap_or(u32::MAX)
-    }
-}
-
-impl std::str::FromStr for PageLatency {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let number = |part: &str| {
-            part.trim().parse::<u64>().map_err(|_| format!("{text:?} is not MS or MS+US_PER_IOC (whole numbers)"))
-        };
-        let (base, per_ioc) = text.split_once('+').unwrap_or((text, "0"));
-        Ok(PageLatency { base: Duration::from_millis(number(base)?), per_ioc: Duration::from_micros(number(per_ioc)?) })
-    }
-}
-
-impl std::fmt::Display for PageLatency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.base.as_millis())?;
-        if !self.per_ioc.is_zero() {
-            write!(f, "+{}", self.per_ioc.as_micros())?;
-        }
-        Ok(())
-    }
 }
 
 impl Default for ThreatqOptions {

@@ -6,16 +6,17 @@ use std::io::Write;
 
 use serde_json::json;
 
-use super::run::{self, Outcome, RunContext};
-use super::setup::LinePrompter;
+use super::devo_api::LookupsApiStandIn;
+use super::stage::{self, Ports, Stage};
+use super::threatq::{PageLatency, ThreatqOptions};
 use crate::Error;
+use crate::connector::cli::SandboxArgs;
+use crate::connector::run::{self, Outcome, RunContext};
+use crate::connector::setup::{self, LinePrompter};
 use crate::devo::UploadMethod;
-use crate::sandbox::devo_api::LookupsApiStandIn;
-use crate::sandbox::stage::{self, Ports, Stage};
-use crate::sandbox::threatq::{PageLatency, ThreatqOptions};
 
-/// IOCs the demo's ThreatQ holds.
-const DEMO_IOCS: u64 = 3_000;
+/// IOCs the demo's ThreatQ holds: as many as `sandbox` serves by default.
+const DEMO_IOCS: u64 = SandboxArgs::DEFAULT_IOCS;
 /// Rows of the lookup the demo prints.
 const SHOWN_ROWS: usize = 8;
 
@@ -75,7 +76,7 @@ pub async fn demo(out: &mut dyn Write) -> Result<(), Error> {
         writeln!(out, "$ tq-conn-devo-ioc-exporter -n {name}    # first run, answers from THREATQ_* variables")
             .map_err(io_error)?;
         if let Outcome::Configured = run_once(work.path(), name, &env, out).await? {
-            writeln!(out, "{}", super::setup::CONFIGURED).map_err(io_error)?;
+            writeln!(out, "{}", setup::CONFIGURED).map_err(io_error)?;
         }
 
         writeln!(out, "$ tq-conn-devo-ioc-exporter -n {name}    # before the UI is filled").map_err(io_error)?;
@@ -149,26 +150,6 @@ fn print_lookup(out: &mut dyn Write, stage: &Stage, method: UploadMethod, lookup
     Ok(())
 }
 
-/// What `sandbox` serves.
-#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
-pub struct SandboxArgs {
-    /// IOCs the ThreatQ stand-in holds (about two in five are in its "Devo Export" collection)
-    #[arg(long, value_name = "N", default_value_t = DEMO_IOCS)]
-    pub iocs: u64,
-    /// Seed of the generated IOCs: the same seed gives the same IOCs
-    #[arg(long, value_name = "S", default_value_t = 1)]
-    pub seed: u64,
-    /// How long ThreatQ takes to answer a page of indicators: MS, or MS plus US_PER_IOC for each IOC on it
-    #[arg(long, value_name = "MS[+US_PER_IOC]", default_value = "0")]
-    pub page_latency: PageLatency,
-}
-
-impl Default for SandboxArgs {
-    fn default() -> Self {
-        SandboxArgs { iocs: DEMO_IOCS, seed: 1, page_latency: PageLatency::default() }
-    }
-}
-
 /// `sandbox`: keeps the stand-ins running on fixed ports and says how to point the real binary at them. Lines on
 /// stdin drive it (the benchmark does): `configure NAME relay|lookups-api LOOKUP [FIELD=VALUE...]`,
 /// `change PERCENT` (rescores that share of the IOCs), `latency MS[+US_PER_IOC]`; each is answered on one line.
@@ -205,7 +186,7 @@ pub async fn sandbox(args: &SandboxArgs, out: &mut dyn Write) -> Result<(), Erro
         "  Devo API      {}  (domain {:?}, token {:?})",
         stage.devo_api.base_url(),
         stage::DOMAIN,
-        crate::sandbox::devo_api::DEFAULT_TOKEN
+        super::devo_api::DEFAULT_TOKEN
     )
     .map_err(io_error)?;
     let relay_files = write_relay_files(&stage, &files)?;
@@ -226,7 +207,7 @@ pub async fn sandbox(args: &SandboxArgs, out: &mut dyn Write) -> Result<(), Erro
         .map_err(io_error)?;
     out.flush().map_err(io_error)?;
     let fields = stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs");
-    let name = super::config::CONNECTOR_NAME;
+    let name = crate::connector::config::CONNECTOR_NAME;
     let mut commands = stdin_lines();
     loop {
         tokio::select! {
@@ -257,7 +238,7 @@ fn write_relay_files(stage: &Stage, dir: &std::path::Path) -> Result<Vec<String>
     files
         .map(|(name, pem)| {
             let path = dir.join(name);
-            super::local::write_atomically(&path, pem.as_bytes(), 0o600)?;
+            crate::connector::local::write_atomically(&path, pem.as_bytes(), 0o600)?;
             Ok(path.display().to_string())
         })
         .collect()
