@@ -131,7 +131,7 @@ impl Client {
     /// A client with its own retry and timeout policy (tests use short backoffs).
     pub fn with_policy(options: ClientOptions, policy: Policy) -> Result<Client, Error> {
         let base = base_url(&options.host)?;
-        let tls = tls::client_config(options.ca_file.as_deref(), options.tls_verify)?;
+        let tls = tls::client_config(&options.host, options.ca_file.as_deref(), options.tls_verify)?;
         let http = build_http(tls, &policy)?;
         Ok(Client {
             http,

@@ -558,12 +558,13 @@ fn job_id(value: &Value) -> Option<String> {
 
 /// The TLS client configuration: system roots, plus the PEM certificates of `DEVO_CA_FILE`.
 fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, Error> {
-    let mut roots = crate::tls::system_roots();
+    let mut extra = rustls::RootCertStore::empty();
     if let Some(pem) = extra_ca_pem {
-        crate::tls::add_pem_roots(&mut roots, pem.as_bytes())
+        crate::tls::add_pem_roots(&mut extra, pem.as_bytes())
             .map_err(|why| Error::Tls(format!("DEVO_CA_FILE: {why}")))?;
     }
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let mut config = crate::tls::client_config(crate::tls::Trust::SystemAnd(extra), None)
+        .map_err(|e| Error::Tls(format!("{e}; put the CA that signs Devo's certificate in DEVO_CA_FILE")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -26,6 +26,7 @@ use crate::devo::settings::{DevoSettings, UploadMethod, label};
 use crate::devo::{self, Delivery, Probe, Receipt, RowSource, Table, pem};
 use crate::field::ConfigError;
 use crate::retry::{RetryLogic, RetryPolicy};
+use crate::tls::SetupError;
 use encode::{Action, EncoderMode, LookupEncoder};
 
 /// Lines are gathered up to this size before a write, so a large upload is not one TLS record per row.
@@ -75,12 +76,12 @@ impl RelayConfig {
         let server_name = ServerName::try_from(host.clone()).map_err(|_| {
             ConfigError::invalid(label::CUSTOM_ENDPOINT, format!("{host:?} is not a host name or IP address"))
         })?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_root_certificates(roots)
-            .with_client_auth_cert(identity.certificates, identity.key)
-            .map_err(|e| ConfigError::invalid(label::PRIVATE_KEY, format!("cannot be used for TLS ({e})")))?;
+        let tls = crate::tls::client_config(crate::tls::Trust::Only(roots), Some(identity)).map_err(|e| match e {
+            SetupError::Identity(e) => {
+                ConfigError::invalid(label::PRIVATE_KEY, format!("cannot be used for TLS ({e})"))
+            }
+            SetupError::NoRoots => ConfigError::invalid(label::CHAIN_CA, "holds no certificate"),
+        })?;
         Ok(Self {
             host,
             port,
