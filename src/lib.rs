@@ -9,6 +9,7 @@ mod error;
 pub mod export;
 pub mod field;
 pub mod file;
+pub mod retry;
 pub mod sandbox;
 pub mod threatq;
 mod tls;

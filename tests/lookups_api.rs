@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use tqdevo::devo::Region;
-use tqdevo::devo::api::{ApiConfig, LookupsApiUploader, RetryPolicy};
+use tqdevo::devo::api::{ApiConfig, LookupsApiUploader};
 use tqdevo::devo::{Column, ColumnType, Delivery, Error, Inspection, Row, RowSource, Table, Uploader};
+use tqdevo::retry::RetryPolicy;
 use tqdevo::sandbox::devo_api::{ApiRequest, DEFAULT_TOKEN, LookupsApiStandIn};
 use tracing::instrument::WithSubscriber;
 
@@ -50,8 +51,12 @@ fn config(standin: &LookupsApiStandIn, token: &str) -> ApiConfig {
     config.extra_ca_pem = Some(standin.ca_pem().to_owned());
     config.poll_interval = Duration::from_millis(10);
     config.job_timeout = Duration::from_secs(10);
-    config.retry =
-        RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(10), max_delay: Duration::from_secs(2) };
+    config.retry = RetryPolicy {
+        max_attempts: 4,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_secs(2),
+        retry_after_cap: Duration::from_secs(2),
+    };
     config
 }
 

@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use proptest::prelude::*;
 use secrecy::SecretString;
 use serde_json::json;
+use tqdevo::retry::RetryPolicy;
 use tqdevo::sandbox::threatq::{
     DEFAULT_CLIENT_ID, DEFAULT_EMAIL, DEFAULT_PASSWORD, Fault, LoggedRequest, PageLatency, ThreatqOptions,
     ThreatqStandIn,
@@ -39,8 +40,12 @@ async fn env(generated: u64, latency_ms: u64) -> Env {
         ca_file: Some(ca_file.path().to_owned()),
         tls_verify: true,
     };
-    let policy =
-        Policy { backoff_base: Duration::from_millis(2), backoff_cap: Duration::from_millis(20), ..Policy::default() };
+    let retry = RetryPolicy {
+        base_delay: Duration::from_millis(2),
+        max_delay: Duration::from_millis(20),
+        ..Policy::default().retry
+    };
+    let policy = Policy { retry, ..Policy::default() };
     let client = Client::with_policy(options, policy).expect("client");
     Env { tq, client, _ca_file: ca_file }
 }

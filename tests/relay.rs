@@ -39,7 +39,7 @@ fn config(relay: &RelayStandIn) -> RelayConfig {
     RelayConfig::from_settings(&relay.devo_settings())
         .expect("the stand-in's settings are valid")
         .start_end_delay(Duration::ZERO)
-        .retry_delay(Duration::ZERO)
+        .base_delay(Duration::ZERO)
         .progress_timeout(Duration::from_secs(10))
 }
 
@@ -160,7 +160,7 @@ async fn a_chain_ca_that_does_not_sign_the_relay_is_a_configuration_error() {
     let mut settings = relay.devo_settings();
     settings.chain_ca = Some(TestCa::new("Some Other CA").cert_pem());
     let uploader = RelayUploader::new(
-        RelayConfig::from_settings(&settings).unwrap().start_end_delay(Duration::ZERO).retry_delay(Duration::ZERO),
+        RelayConfig::from_settings(&settings).unwrap().start_end_delay(Duration::ZERO).base_delay(Duration::ZERO),
     );
     let err = within("untrusted relay", uploader.deliver(&iocs(), Delivery::Full(&rows(&[["a", "b", "1"]]))))
         .await
@@ -178,7 +178,7 @@ async fn a_certificate_the_relay_does_not_trust_is_refused() {
     settings.certificate = Some(stranger.cert_pem);
     settings.private_key = Some(SecretText::new(stranger.key_pem));
     let uploader = RelayUploader::new(
-        RelayConfig::from_settings(&settings).unwrap().start_end_delay(Duration::ZERO).retry_delay(Duration::ZERO),
+        RelayConfig::from_settings(&settings).unwrap().start_end_delay(Duration::ZERO).base_delay(Duration::ZERO),
     );
     let err = within("untrusted", uploader.deliver(&iocs(), Delivery::Full(&rows(&[["a", "b", "1"]]))))
         .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use tqdevo::retry::RetryPolicy;
 use tqdevo::sandbox::threatq::{
     ActiveEncoding, DEFAULT_CLIENT_ID, DEFAULT_EMAIL, DEFAULT_PASSWORD, Fault, PageLatency, ThreatqOptions,
     ThreatqStandIn,
@@ -30,12 +31,13 @@ struct Env {
 }
 
 fn fast_policy() -> Policy {
-    Policy {
-        backoff_base: Duration::from_millis(5),
-        backoff_cap: Duration::from_millis(50),
+    let retry = RetryPolicy {
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(50),
         retry_after_cap: Duration::from_secs(2),
-        ..Policy::default()
-    }
+        ..Policy::default().retry
+    };
+    Policy { retry, ..Policy::default() }
 }
 
 fn options_for(tq: &ThreatqStandIn, ca_file: &tempfile::NamedTempFile, password: &str) -> ClientOptions {
@@ -199,7 +201,7 @@ async fn server_errors_are_retried_a_bounded_number_of_times() {
     env.tq.inject("/api/search/query", 100, Fault::Status { status: 502, retry_after: None });
     let error = within(env.client.find_collection("c")).await.expect_err("gives up");
     assert!(matches!(error, Error::Http { status: 502, .. }), "{error:?}");
-    assert_eq!(env.count("/api/search/query", ""), 1 + Policy::default().max_retries as usize);
+    assert_eq!(env.count("/api/search/query", ""), Policy::default().retry.max_attempts as usize);
 }
 
 #[tokio::test]

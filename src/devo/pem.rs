@@ -10,21 +10,10 @@ use x509_parser::x509::AttributeTypeAndValue;
 
 use crate::devo::settings::label;
 use crate::field::{ConfigError, SecretText};
+use crate::tls::ClientIdentity;
 
 /// A certificate closer than this to its end is reported as a warning.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
-
-/// The client side of mutual TLS: the certificate (with any intermediates pasted after it) and its key.
-pub struct ClientIdentity {
-    pub certificates: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl std::fmt::Debug for ClientIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientIdentity").field("certificates", &self.certificates.len()).finish_non_exhaustive()
-    }
-}
 
 /// Every certificate in a PEM field, each checked to be X.509 ([`crate::tls::certificates`]).
 pub fn certificates(field: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {

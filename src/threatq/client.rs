@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
-use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::pages::{self, Batch, FetchPage, Window};
 use super::parse::{self, Page};
 use super::{ClientOptions, DataCollection, Error, Indicator, tls};
+use crate::retry::{RetryLogic, RetryPolicy};
 
 /// Ask ThreatQ to embed everything the export maps; recent versions leave attributes and sources out otherwise.
 const WITH: &str = "attributes,adversaries,score,type,status,sources,tags";
@@ -30,13 +31,9 @@ const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Retry and timeout knobs. The defaults suit a real instance; tests shorten the backoff.
 #[derive(Clone, Debug)]
 pub struct Policy {
-    /// Retries after the first attempt, on 429, 5xx and transport errors.
-    pub max_retries: u32,
-    /// Full-jitter exponential backoff: a random wait in `0..min(cap, base * 2^attempt)`.
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    /// A `Retry-After` longer than this is cut to it, so a confused server cannot park the run for hours.
-    pub retry_after_cap: Duration,
+    /// Tries on 429, 5xx and transport errors: 6 in all (5 retries), backoff from 0.5 s up to 30 s, a
+    /// `Retry-After` waited out up to 120 s.
+    pub retry: RetryPolicy,
     pub connect_timeout: Duration,
     /// The longest silence while waiting for (part of) an answer.
     pub read_timeout: Duration,
@@ -45,23 +42,36 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            max_retries: 5,
-            backoff_base: Duration::from_millis(500),
-            backoff_cap: Duration::from_secs(30),
-            retry_after_cap: Duration::from_secs(120),
+            retry: RetryPolicy {
+                max_attempts: 6,
+                base_delay: Duration::from_millis(500),
+                max_delay: Duration::from_secs(30),
+                retry_after_cap: Duration::from_secs(120),
+            },
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(120),
         }
     }
 }
 
-impl Policy {
-    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(wait) = retry_after {
-            return wait.min(self.retry_after_cap);
-        }
-        let ceiling = self.backoff_base.saturating_mul(1 << attempt.min(20)).min(self.backoff_cap);
-        ceiling.mul_f64(rand::random::<f64>())
+/// Which ThreatQ failures are tried again: 429 and 5xx, and transport errors other than a certificate the trust
+/// refuses.
+struct ThreatqRetry;
+
+impl RetryLogic for ThreatqRetry {
+    type Error = reqwest::Error;
+    type Response = Reply;
+
+    fn is_retriable_error(&self, error: &reqwest::Error) -> bool {
+        crate::tls::rustls_cause(error).is_none()
+    }
+
+    fn should_retry_response(&self, reply: &Reply) -> bool {
+        reply.status == StatusCode::TOO_MANY_REQUESTS || reply.status.is_server_error()
+    }
+
+    fn retry_after(&self, reply: &Reply) -> Option<Duration> {
+        reply.retry_after
     }
 }
 
@@ -104,6 +114,7 @@ struct Tokens {
 struct Reply {
     status: StatusCode,
     location: Option<String>,
+    retry_after: Option<Duration>,
     body: Bytes,
 }
 
@@ -120,7 +131,7 @@ impl Client {
     /// A client with its own retry and timeout policy (tests use short backoffs).
     pub fn with_policy(options: ClientOptions, policy: Policy) -> Result<Client, Error> {
         let base = base_url(&options.host)?;
-        let tls = tls::client_config(options.ca_file.as_deref(), options.tls_verify)?;
+        let tls = tls::client_config(&options.host, options.ca_file.as_deref(), options.tls_verify)?;
         let http = build_http(tls, &policy)?;
         Ok(Client {
             http,
@@ -155,7 +166,7 @@ impl Client {
             .get(self.base.clone())
             .send()
             .await
-            .map_err(|e| Error::Transport { host: self.host.clone(), detail: describe(e).0 })?;
+            .map_err(|e| Error::Transport { host: self.host.clone(), detail: describe(e) })?;
         let date = response.headers().get(reqwest::header::DATE).and_then(|v| v.to_str().ok());
         Ok(date.and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok()).map(|d| d.to_utc()))
     }
@@ -366,29 +377,33 @@ impl Client {
     /// Sends what `build` makes, retrying 429, 5xx and transport failures with backoff (honouring
     /// `Retry-After`), and returns the final answer with its whole body.
     async fn exchange(&self, path: &str, build: impl Fn() -> reqwest::RequestBuilder) -> Result<Reply, Error> {
-        let mut attempt = 0;
+        let policy = &self.policy.retry;
+        let mut tries = 0;
         loop {
+            tries += 1;
             let (wait, why) = match self.attempt(build()).await {
-                Ok((reply, _)) if !retryable(reply.status) => {
-                    if let Some(window) = self.window.as_ref().filter(|_| attempt == 0 && reply.status.is_success()) {
+                Ok(reply) if !ThreatqRetry.should_retry_response(&reply) => {
+                    if let Some(window) = self.window.as_ref().filter(|_| tries == 1 && reply.status.is_success()) {
                         window.clean();
                     }
                     return Ok(reply);
                 }
-                Ok((reply, retry_after)) => {
+                Ok(reply) => {
+                    let retry_after = ThreatqRetry.retry_after(&reply);
                     if let Some(window) = self.window.as_ref().filter(|_| overloaded(reply.status)) {
-                        window.congested(retry_after.map(|wait| wait.min(self.policy.retry_after_cap)));
+                        window.congested(retry_after.map(|wait| wait.min(policy.retry_after_cap)));
                     }
-                    if attempt >= self.policy.max_retries {
+                    if policy.spent(tries) {
                         return Err(status_error(path, &reply));
                     }
-                    (self.policy.delay(attempt, retry_after), format!("HTTP {}", reply.status.as_u16()))
+                    (policy.wait(tries - 1, retry_after), format!("HTTP {}", reply.status.as_u16()))
                 }
                 Err(e) => {
                     if let Some(window) = self.window.as_ref().filter(|_| e.is_timeout()) {
                         window.congested(None);
                     }
-                    let (detail, transient) = describe(e);
+                    let transient = ThreatqRetry.is_retriable_error(&e);
+                    let detail = describe(e);
                     // A certificate the configured trust refuses will not pass on a retry; the user fixes it.
                     if !transient {
                         return Err(Error::Tls(format!(
@@ -397,30 +412,28 @@ impl Client {
                             self.host
                         )));
                     }
-                    if attempt >= self.policy.max_retries {
+                    if policy.spent(tries) {
                         return Err(Error::Transport { host: self.host.clone(), detail });
                     }
-                    (self.policy.delay(attempt, None), detail)
+                    (policy.wait(tries - 1, None), detail)
                 }
             };
-            attempt += 1;
             tracing::warn!(
-                "ThreatQ {path}: {why}; retry {attempt} of {} in {:.1} s",
-                self.policy.max_retries,
+                "ThreatQ {path}: {why}; retry {tries} of {} in {:.1} s",
+                policy.max_attempts.saturating_sub(1),
                 wait.as_secs_f64()
             );
             tokio::time::sleep(wait).await;
         }
     }
 
-    async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<(Reply, Option<Duration>), reqwest::Error> {
+    async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<Reply, reqwest::Error> {
         let response = request.send().await?;
         let status = response.status();
-        let header = |name| response.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
-        let retry_after = header(RETRY_AFTER).and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);
-        let location = header(LOCATION);
+        let retry_after = crate::retry::retry_after(response.headers());
+        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = response.bytes().await?;
-        Ok((Reply { status, location, body }, retry_after))
+        Ok(Reply { status, location, retry_after, body })
     }
 }
 
@@ -486,7 +499,7 @@ fn build_http(tls: rustls::ClientConfig, policy: &Policy) -> Result<reqwest::Cli
         .read_timeout(policy.read_timeout)
         .user_agent(concat!("tq-conn-devo-ioc-exporter/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| Error::Tls(describe(e).0))
+        .map_err(|e| Error::Tls(describe(e)))
 }
 
 /// The answers that say ThreatQ has more than it can take: fewer requests in flight.
@@ -494,23 +507,17 @@ fn overloaded(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
 }
 
-fn retryable(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
-}
-
-/// The error's whole cause chain (without the URL, whose query may hold a refresh token), and whether trying
-/// again could help: certificate problems will not go away by themselves.
-fn describe(error: reqwest::Error) -> (String, bool) {
+/// The error's whole cause chain, without the URL, whose query may hold a refresh token.
+fn describe(error: reqwest::Error) -> String {
     let error = error.without_url();
     let mut detail = error.to_string();
-    let tls_problem = crate::tls::rustls_cause(&error).is_some();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         detail.push_str(": ");
         detail.push_str(&cause.to_string());
         source = cause.source();
     }
-    (detail, !tls_problem)
+    detail
 }
 
 fn status_error(path: &str, reply: &Reply) -> Error {
@@ -589,15 +596,5 @@ mod tests {
         ] {
             assert!(matches!(base_url(refused), Err(Error::Host { .. })), "{refused:?}");
         }
-    }
-
-    #[test]
-    fn backoff_is_bounded_and_honours_retry_after() {
-        let policy = Policy::default();
-        for attempt in 0..40 {
-            assert!(policy.delay(attempt, None) <= policy.backoff_cap);
-        }
-        assert_eq!(policy.delay(0, Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(policy.delay(0, Some(Duration::from_secs(86_400))), policy.retry_after_cap);
     }
 }

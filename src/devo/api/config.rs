@@ -7,19 +7,16 @@ use secrecy::SecretString;
 
 use crate::devo::settings::{DevoSettings, Region, label};
 use crate::field::ConfigError;
+use crate::retry::RetryPolicy;
 
-/// How failed requests are retried: at most `max_attempts` tries, sleeping a random time in
-/// `0..=min(max_delay, base_delay * 2^retry)` between them ("full jitter"), or Devo's `Retry-After` when longer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self { max_attempts: 5, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) }
+/// The Lookups API's retries: 5 tries, backoff from 0.5 s up to 60 s; a `Retry-After` beyond 60 s ends the run
+/// ("try again later") rather than waiting it out.
+pub fn default_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(60),
+        retry_after_cap: Duration::from_secs(60),
     }
 }
 
@@ -58,7 +55,7 @@ impl ApiConfig {
             job_timeout: Duration::from_secs(600),
             poll_interval: Duration::from_secs(5),
             io_timeout: Duration::from_secs(60),
-            retry: RetryPolicy::default(),
+            retry: default_retry(),
         })
     }
 

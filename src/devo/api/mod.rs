@@ -4,7 +4,6 @@
 
 mod body;
 mod config;
-mod retry;
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::channel::mpsc;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Method, Response, StatusCode, Url};
 use secrecy::ExposeSecret;
@@ -20,10 +19,11 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use self::body::{CsvChunks, DeployMode, Pumped};
-pub use self::config::{ApiConfig, RetryPolicy, base_url};
+pub use self::config::{ApiConfig, base_url, default_retry};
 use super::{Delivery, Error, Inspection, Probe, Receipt, RowSource, Table, Uploader};
 use crate::devo::settings::label;
 use crate::field::ConfigError;
+use crate::retry::{RetryLogic, RetryPolicy};
 
 /// Uploads lookups through the Lookups API with a Bearer token.
 pub struct LookupsApiUploader {
@@ -35,6 +35,28 @@ pub struct LookupsApiUploader {
 enum Attempt {
     Retry { why: String, retry_after: Option<Duration> },
     Fail(Error),
+}
+
+/// Which Lookups API failures are tried again: 408, 429 and 5xx, and transport errors other than a certificate
+/// the trust refuses.
+struct LookupsRetry;
+
+impl RetryLogic for LookupsRetry {
+    type Error = reqwest::Error;
+    type Response = Response;
+
+    fn is_retriable_error(&self, error: &reqwest::Error) -> bool {
+        crate::tls::rustls_cause(error).is_none()
+    }
+
+    fn should_retry_response(&self, response: &Response) -> bool {
+        let status = response.status();
+        matches!(status, StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS) || status.is_server_error()
+    }
+
+    fn retry_after(&self, response: &Response) -> Option<Duration> {
+        crate::retry::retry_after(response.headers())
+    }
 }
 
 /// One `deploy-csv` request that Devo's job applied.
@@ -102,17 +124,17 @@ impl LookupsApiUploader {
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry { why, retry_after }) => (why, retry_after),
             };
-            if tries >= policy.max_attempts.max(1) {
+            if policy.spent(tries) {
                 return Err(self.remote(format!("{what}: {why}; gave up after {tries} attempts")));
             }
-            if let Some(asked) = retry_after.filter(|a| *a > policy.max_delay) {
+            if let Some(asked) = retry_after.filter(|a| *a > policy.retry_after_cap) {
                 return Err(self.remote(format!(
                     "{what}: {why}; Devo asked to retry after {} s, longer than this run waits ({} s): try again later",
                     asked.as_secs(),
-                    policy.max_delay.as_secs()
+                    policy.retry_after_cap.as_secs()
                 )));
             }
-            let wait = retry::backoff(policy, tries - 1, retry_after);
+            let wait = policy.wait(tries - 1, retry_after);
             tracing::warn!(endpoint = %self.config.base_url, attempt = tries, wait_ms = wait.as_millis() as u64, "{what}: {why}; retrying");
             tokio::time::sleep(wait).await;
         }
@@ -125,11 +147,8 @@ impl LookupsApiUploader {
         if status.is_success() {
             return Ok(response);
         }
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()));
+        let retry_after = LookupsRetry.retry_after(&response);
+        let retriable = LookupsRetry.should_retry_response(&response);
         let message = self.devo_message(&response.text().await.unwrap_or_default());
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Attempt::Fail(
@@ -143,10 +162,7 @@ impl LookupsApiUploader {
                 )
                 .into(),
             )),
-            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-                Err(Attempt::Retry { why: format!("HTTP {status}{message}"), retry_after })
-            }
-            s if s.is_server_error() => Err(Attempt::Retry { why: format!("HTTP {status}{message}"), retry_after }),
+            _ if retriable => Err(Attempt::Retry { why: format!("HTTP {status}{message}"), retry_after }),
             _ => Err(Attempt::Fail(self.remote(format!("{what}: HTTP {status}{message}")))),
         }
     }
@@ -169,7 +185,9 @@ impl LookupsApiUploader {
 
     /// A failure to send or receive: a certificate problem is final; anything else is retried.
     fn transport(&self, what: &str, error: reqwest::Error) -> Attempt {
-        if let Some(tls) = crate::tls::rustls_cause(&error) {
+        if !LookupsRetry.is_retriable_error(&error)
+            && let Some(tls) = crate::tls::rustls_cause(&error)
+        {
             return Attempt::Fail(Error::Tls(format!(
                 "{what}: cannot verify {}: {tls}; if Devo is reached through a private CA or a TLS-inspecting proxy, \
                  put that CA in DEVO_CA_FILE",
@@ -540,12 +558,13 @@ fn job_id(value: &Value) -> Option<String> {
 
 /// The TLS client configuration: system roots, plus the PEM certificates of `DEVO_CA_FILE`.
 fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, Error> {
-    let mut roots = crate::tls::system_roots();
+    let mut extra = rustls::RootCertStore::empty();
     if let Some(pem) = extra_ca_pem {
-        crate::tls::add_pem_roots(&mut roots, pem.as_bytes())
+        crate::tls::add_pem_roots(&mut extra, pem.as_bytes())
             .map_err(|why| Error::Tls(format!("DEVO_CA_FILE: {why}")))?;
     }
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let mut config = crate::tls::client_config(crate::tls::Trust::SystemAnd(extra), None)
+        .map_err(|e| Error::Tls(format!("{e}; put the CA that signs Devo's certificate in DEVO_CA_FILE")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

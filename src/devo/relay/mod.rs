@@ -25,6 +25,8 @@ use tokio_rustls::client::TlsStream;
 use crate::devo::settings::{DevoSettings, UploadMethod, label};
 use crate::devo::{self, Delivery, Probe, Receipt, RowSource, Table, pem};
 use crate::field::ConfigError;
+use crate::retry::{RetryLogic, RetryPolicy};
+use crate::tls::SetupError;
 use encode::{Action, EncoderMode, LookupEncoder};
 
 /// Lines are gathered up to this size before a write, so a large upload is not one TLS record per row.
@@ -48,8 +50,7 @@ pub struct RelayConfig {
     clock: Clock,
     start_end_delay: Duration,
     progress_timeout: Duration,
-    max_attempts: u32,
-    retry_delay: Duration,
+    retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -75,12 +76,12 @@ impl RelayConfig {
         let server_name = ServerName::try_from(host.clone()).map_err(|_| {
             ConfigError::invalid(label::CUSTOM_ENDPOINT, format!("{host:?} is not a host name or IP address"))
         })?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_root_certificates(roots)
-            .with_client_auth_cert(identity.certificates, identity.key)
-            .map_err(|e| ConfigError::invalid(label::PRIVATE_KEY, format!("cannot be used for TLS ({e})")))?;
+        let tls = crate::tls::client_config(crate::tls::Trust::Only(roots), Some(identity)).map_err(|e| match e {
+            SetupError::Identity(e) => {
+                ConfigError::invalid(label::PRIVATE_KEY, format!("cannot be used for TLS ({e})"))
+            }
+            SetupError::NoRoots => ConfigError::invalid(label::CHAIN_CA, "holds no certificate"),
+        })?;
         Ok(Self {
             host,
             port,
@@ -92,8 +93,13 @@ impl RelayConfig {
             clock: Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()),
             start_end_delay: Duration::from_secs(5),
             progress_timeout: Duration::from_secs(30),
-            max_attempts: 3,
-            retry_delay: Duration::from_secs(2),
+            retry: RetryPolicy {
+                max_attempts: 3,
+                base_delay: Duration::from_secs(2),
+                max_delay: Duration::from_secs(8),
+                // A relay sends no Retry-After.
+                retry_after_cap: Duration::ZERO,
+            },
         })
     }
 
@@ -130,13 +136,13 @@ impl RelayConfig {
 
     /// How many times an upload is tried in all (default 3).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
+        self.retry.max_attempts = attempts.max(1);
         self
     }
 
-    /// The pause before trying again (default 2 s).
-    pub fn retry_delay(mut self, delay: Duration) -> Self {
-        self.retry_delay = delay;
+    /// The first backoff ceiling before trying again (default 2 s, doubling up to 8 s, full jitter).
+    pub fn base_delay(mut self, delay: Duration) -> Self {
+        self.retry.base_delay = delay;
         self
     }
 
@@ -332,6 +338,23 @@ impl RelayUploader {
     }
 }
 
+/// Only the network is worth another try on the relay; bad rows stay bad. The relay never answers, so it has
+/// no response to classify.
+struct RelayRetry;
+
+impl RetryLogic for RelayRetry {
+    type Error = devo::Error;
+    type Response = std::convert::Infallible;
+
+    fn is_retriable_error(&self, error: &devo::Error) -> bool {
+        matches!(error, devo::Error::Io { .. })
+    }
+
+    fn should_retry_response(&self, response: &std::convert::Infallible) -> bool {
+        match *response {}
+    }
+}
+
 #[async_trait]
 impl devo::Uploader for RelayUploader {
     async fn deliver(&self, table: &Table, delivery: Delivery<'_>) -> Result<Receipt, devo::Error> {
@@ -349,13 +372,12 @@ impl devo::Uploader for RelayUploader {
                 Ok(rows_sent) => {
                     return Ok(Receipt { rows_sent, attempts, reference: encoder.run_id().to_owned() });
                 }
-                // Only the network is worth another try; bad rows stay bad.
-                Err(e @ devo::Error::Io { .. }) if attempts < self.config.max_attempts => {
+                Err(e) if RelayRetry.is_retriable_error(&e) && !self.config.retry.spent(attempts) => {
                     tracing::warn!(
                         run_id = encoder.run_id(),
                         "relay upload attempt {attempts} failed, redoing it whole: {e}"
                     );
-                    tokio::time::sleep(self.config.retry_delay).await;
+                    tokio::time::sleep(self.config.retry.wait(attempts - 1, None)).await;
                 }
                 Err(e) => return Err(e),
             }
