@@ -99,10 +99,8 @@ impl LocalConfig {
             Some(v) => parse_bool(&v)
                 .ok_or_else(|| Error::LocalConfig(format!("THREATQ_TLS_VERIFY is {v:?}; set it to true or false")))?,
         };
+        // Verify off is logged once, where the TLS setup takes it (`threatq::tls`).
         let host = self.effective_host(env)?;
-        if !tls_verify {
-            tracing::warn!(%host, "THREATQ_TLS_VERIFY=false: the ThreatQ certificate is NOT verified");
-        }
         Ok(ClientOptions {
             host,
             client_id: self.client_id.clone(),
