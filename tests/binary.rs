@@ -16,10 +16,33 @@ pub(crate) fn path() -> &'static Path {
     assert_cmd::cargo::cargo_bin!("tq-conn-devo-ioc-exporter")
 }
 
-enum Expect {
+/// What an output stream must be; a text alone means exactly that text.
+pub(crate) enum Expect {
     Exact(String),
     Has(String),
     Snapshot(String),
+}
+
+impl From<String> for Expect {
+    fn from(text: String) -> Expect {
+        Expect::Exact(text)
+    }
+}
+
+impl From<&str> for Expect {
+    fn from(text: &str) -> Expect {
+        Expect::Exact(text.into())
+    }
+}
+
+/// The stream must hold `text`.
+pub(crate) fn has(text: impl Into<String>) -> Expect {
+    Expect::Has(text.into())
+}
+
+/// The stream, redacted by [`FILTERS`], must equal the snapshot `tests/snapshots/lib__binary__<name>.snap`.
+pub(crate) fn snapshot(name: &str) -> Expect {
+    Expect::Snapshot(name.into())
 }
 
 pub(crate) struct Test {
@@ -84,39 +107,15 @@ impl Test {
         self
     }
 
-    /// Stdout must be exactly `text`.
-    pub(crate) fn stdout(mut self, text: impl Into<String>) -> Test {
-        self.stdout.push(Expect::Exact(text.into()));
+    /// What stdout must be: exactly a text, or [`has`] or [`snapshot`].
+    pub(crate) fn stdout(mut self, expect: impl Into<Expect>) -> Test {
+        self.stdout.push(expect.into());
         self
     }
 
-    /// Stdout must hold `text`.
-    pub(crate) fn stdout_has(mut self, text: impl Into<String>) -> Test {
-        self.stdout.push(Expect::Has(text.into()));
-        self
-    }
-
-    /// Stdout, redacted by [`FILTERS`], must equal the snapshot `tests/snapshots/lib__binary__<name>.snap`.
-    pub(crate) fn stdout_snapshot(mut self, name: &str) -> Test {
-        self.stdout.push(Expect::Snapshot(name.into()));
-        self
-    }
-
-    /// Stderr must be exactly `text`.
-    pub(crate) fn stderr(mut self, text: impl Into<String>) -> Test {
-        self.stderr.push(Expect::Exact(text.into()));
-        self
-    }
-
-    /// Stderr must hold `text`.
-    pub(crate) fn stderr_has(mut self, text: impl Into<String>) -> Test {
-        self.stderr.push(Expect::Has(text.into()));
-        self
-    }
-
-    /// Stderr, redacted by [`FILTERS`], must equal the snapshot `tests/snapshots/lib__binary__<name>.snap`.
-    pub(crate) fn stderr_snapshot(mut self, name: &str) -> Test {
-        self.stderr.push(Expect::Snapshot(name.into()));
+    /// What stderr must be: exactly a text, or [`has`] or [`snapshot`].
+    pub(crate) fn stderr(mut self, expect: impl Into<Expect>) -> Test {
+        self.stderr.push(expect.into());
         self
     }
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::binary::{BIN, Test};
+use crate::binary::{BIN, Test, has, snapshot};
 
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
@@ -11,22 +11,22 @@ fn repo_file(path: &str) -> String {
 #[test]
 fn help_names_every_flag_the_exit_codes_and_the_cron_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut help = Test::in_dir(dir.path()).arg("--help").stdout_has("-ll").stdout_has("cron.d");
+    let mut help = Test::in_dir(dir.path()).arg("--help").stdout(has("-ll")).stdout(has("cron.d"));
     for flag in ["--loglocation", "--config", "--verbosity", "--name", "--cron ", "--cron-dir", "--dry-run"] {
-        help = help.stdout_has(flag);
+        help = help.stdout(has(flag));
     }
     for text in ["--allow-mass-delete", "demo", "doctor", "Preflight", "schema", "manifest", "sandbox", "Exit codes:"] {
-        help = help.stdout_has(text);
+        help = help.stdout(has(text));
     }
     for code in ["0  done", "2  usage", "3  invalid configuration", "4  ThreatQ", "5  Devo", "6  another run", "7  "] {
-        help = help.stdout_has(code);
+        help = help.stdout(has(code));
     }
-    help.stdout_has("TQ_SECRETS_BACKEND").stdout_has("0 */2 * * *").stdout_snapshot("help").stderr("").run();
+    help.stdout(has("TQ_SECRETS_BACKEND")).stdout(has("0 */2 * * *")).stdout(snapshot("help")).stderr("").run();
     Test::in_dir(dir.path())
         .arg("-h")
-        .stdout_has("-ll DIR")
-        .stdout_has("Examples:")
-        .stdout_snapshot("short_help")
+        .stdout(has("-ll DIR"))
+        .stdout(has("Examples:"))
+        .stdout(snapshot("short_help"))
         .run();
 }
 
@@ -35,16 +35,16 @@ fn the_seed_verbosity_and_log_forms_parse() {
     let dir = tempfile::tempdir().unwrap();
     for args in [&["-ll", "stdout", "-v3", "doctor"][..], &["-v", "3", "doctor"], &["doctor", "-c", ".", "-v", "2"]] {
         // Parsed: doctor ran (and failed, nothing being set up).
-        Test::in_dir(dir.path()).args(args).status(3).stdout_has("Local config:").run();
+        Test::in_dir(dir.path()).args(args).status(3).stdout(has("Local config:")).run();
     }
 }
 
 #[test]
 fn a_bad_verbosity_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
-    Test::in_dir(dir.path()).args(["-v", "4", "doctor"]).status(2).stderr_has("--verbosity").run();
-    Test::in_dir(dir.path()).args(["-v9"]).status(2).stdout("").stderr_snapshot("exit_2_usage").run();
-    Test::in_dir(dir.path()).args(["-n", "bad.name", "doctor"]).status(2).stderr_has("-n/--name").run();
+    Test::in_dir(dir.path()).args(["-v", "4", "doctor"]).status(2).stderr(has("--verbosity")).run();
+    Test::in_dir(dir.path()).args(["-v9"]).status(2).stdout("").stderr(snapshot("exit_2_usage")).run();
+    Test::in_dir(dir.path()).args(["-n", "bad.name", "doctor"]).status(2).stderr(has("-n/--name")).run();
 }
 
 #[test]
@@ -62,8 +62,8 @@ fn a_bad_cron_schedule_says_why_and_writes_nothing() {
         .args(["--cron", "0 */2 * *", "--cron-dir"])
         .arg(cron_dir.path())
         .status(2)
-        .stderr_has("4 fields")
-        .stderr_has("five fields")
+        .stderr(has("4 fields"))
+        .stderr(has("five fields"))
         .run();
     Test::in_dir(dir.path()).args(["--cron", "0 25 * * *", "--cron-dir"]).arg(cron_dir.path()).status(2).run();
     assert_eq!(std::fs::read_dir(cron_dir.path()).unwrap().count(), 0);
@@ -89,10 +89,10 @@ fn cron_writes_the_seed_line_commented_out_once() {
             .arg(cron_dir.path())
             .file(&file, expected.as_str())
     };
-    install().stdout_has("commented out").run();
+    install().stdout(has("commented out")).run();
     let written = std::fs::metadata(&file).unwrap().modified().unwrap();
 
-    install().stdout_has("left unchanged").run();
+    install().stdout(has("left unchanged")).run();
     assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), written, "an unchanged file is not rewritten");
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o644);
@@ -104,7 +104,7 @@ fn cron_needs_an_existing_cron_dir() {
     Test::in_dir(dir.path())
         .args(["--cron", "@hourly", "--cron-dir", "no-such-dir"])
         .status(2)
-        .stderr_has("no-such-dir")
+        .stderr(has("no-such-dir"))
         .run();
 }
 
@@ -115,11 +115,11 @@ fn doctor_before_setup_says_how_to_set_up_and_exits_3() {
         .args(["-n", "second", "doctor", "--cron-dir"])
         .arg(dir.path())
         .status(3)
-        .stdout_has("second")
-        .stdout_has("FAILED: ")
-        .stdout_has("absent: run without a subcommand")
-        .stdout_has("Run lock:")
-        .stdout_snapshot("doctor_before_setup")
+        .stdout(has("second"))
+        .stdout(has("FAILED: "))
+        .stdout(has("absent: run without a subcommand"))
+        .stdout(has("Run lock:"))
+        .stdout(snapshot("doctor_before_setup"))
         .run();
 }
 

@@ -10,6 +10,7 @@ use tqdevo::sandbox::certs::TestCa;
 use tqdevo::sandbox::devo_api::DEFAULT_TOKEN;
 use tqdevo::sandbox::stage;
 
+use crate::binary::has;
 use crate::e2e::World;
 
 /// The check named `check` in doctor's output, e.g. `ok (...)` or `FAILED: ...`.
@@ -154,7 +155,7 @@ fn a_lookup_with_other_columns_fails_with_exit_5_until_the_next_run_replaces_it(
     let stdout = fails(&world, &[], 5, "Devo lookup columns", "has the columns [ioc STRING] with key ioc");
     assert!(result_of(&stdout, "Devo lookup columns").contains("the next run replaces the lookup"), "{stdout}");
 
-    world.run().stdout_has("full sync").run();
+    world.run().stdout(has("full sync")).run();
     assert_eq!(world.stage.devo_api.columns(stage::DOMAIN, "tq_iocs").map(|c| c.len()), Some(15));
     doctor(&world, 0);
 }
@@ -208,7 +209,7 @@ fn a_refused_threatq_sign_in_fails_with_exit_4() {
     let world = World::configured(UploadMethod::LookupsApi);
     let mut env = world.env();
     env.insert("THREATQ_PASSWORD".into(), "not-the-password".into());
-    let output = world.command_with(&env).arg("doctor").status(4).stderr_has("refused the sign-in").run();
+    let output = world.command_with(&env).arg("doctor").status(4).stderr(has("refused the sign-in")).run();
     let stdout = output.stdout;
     assert!(result_of(&stdout, "ThreatQ sign-in").starts_with("FAILED:"), "{stdout}");
     assert!(result_of(&stdout, "Local config").starts_with("ok"), "{stdout}");

@@ -18,7 +18,7 @@ use tqdevo::sandbox::stage::{self, Ports, Stage};
 use tqdevo::sandbox::threatq as tq;
 use tqdevo::threatq::{Client, ClientOptions, Indicator};
 
-use crate::binary::{Output, TIMEOUT as COMMAND_TIMEOUT, Test};
+use crate::binary::{Output, TIMEOUT as COMMAND_TIMEOUT, Test, has, snapshot};
 
 /// Generated IOCs per test: several pages at the UI's Batch Size of 250, a run well under a second.
 const IOCS: u64 = 400;
@@ -205,7 +205,7 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn setup_from_the_environment_registers_the_connector_and_keeps_the_password_private() {
     let world = World::new();
-    world.run().stdout_has("Connector configured. Set information in UI").run();
+    world.run().stdout(has("Connector configured. Set information in UI")).run();
 
     let record = world.stage.threatq.connector(CONNECTOR_NAME).expect("the connector registered itself");
     assert_eq!(record["category"]["name"], "Labs");
@@ -295,15 +295,15 @@ fn with_a_secret_service_the_password_lives_in_the_os_keyring() {
     let mut env = world.env();
     env.remove("TQ_SECRETS_BACKEND");
     env.insert("DBUS_SESSION_BUS_ADDRESS".into(), service.bus_address.clone());
-    world.command_with(&env).stdout_has("Connector configured. Set information in UI").run();
+    world.command_with(&env).stdout(has("Connector configured. Set information in UI")).run();
     assert!(!secrets::file_path(world.dir.path(), CONNECTOR_NAME).exists(), "no secrets file beside a keyring");
     let config = std::fs::read_to_string(local::path(world.dir.path(), CONNECTOR_NAME)).unwrap();
     assert!(config.contains("\"keyring\""), "{config}");
 
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
     env.remove("THREATQ_PASSWORD");
-    world.command_with(&env).stdout_has("full sync").run();
-    world.command_with(&env).arg("doctor").stdout_has("keyring").run();
+    world.command_with(&env).stdout(has("full sync")).run();
+    world.command_with(&env).arg("doctor").stdout(has("keyring")).run();
 }
 
 #[test]
@@ -327,7 +327,7 @@ fn setup_from_piped_answers_hides_the_password_and_later_runs_use_the_stored_one
     assert!(!output_of(&setup).contains(tq::DEFAULT_PASSWORD), "the password was echoed: {stdout}");
 
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
-    world.command_with(&only_trust).stdin("").stdout_has("full sync").run();
+    world.command_with(&only_trust).stdin("").stdout(has("full sync")).run();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
 }
 
@@ -336,7 +336,7 @@ fn a_run_while_disabled_says_so_and_leaves_devo_untouched() {
     let world = World::new();
     world.run().run();
     world.stage.threatq.set_custom_fields(CONNECTOR_NAME, world.stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs"));
-    world.run().stdout_has("disabled in ThreatQ").run();
+    world.run().stdout(has("disabled in ThreatQ")).run();
     assert!(world.stage.devo_api.requests().is_empty(), "{:?}", world.stage.devo_api.requests());
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None);
     assert_eq!(world.state_bytes(), None);
@@ -408,7 +408,7 @@ fn an_invalid_ui_value_exits_3_naming_its_label() {
         let fields = world.stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs");
         world.stage.threatq.set_custom_fields(CONNECTOR_NAME, fields);
         world.set_field(field, value);
-        world.run().status(3).stderr_has(label).run();
+        world.run().status(3).stderr(has(label)).run();
         assert_eq!(world.last_run()["exit_code"], 3);
     }
     assert!(world.stage.devo_api.requests().is_empty(), "Devo is not called with a bad configuration");
@@ -418,7 +418,7 @@ fn an_invalid_ui_value_exits_3_naming_its_label() {
 fn a_held_lock_exits_6_naming_the_holder() {
     let world = World::configured(UploadMethod::LookupsApi);
     let guard = lock::acquire(world.dir.path(), CONNECTOR_NAME, Duration::from_secs(3600)).unwrap();
-    world.run().status(6).stderr_has(format!("pid {}", std::process::id())).run();
+    world.run().status(6).stderr(has(format!("pid {}", std::process::id()))).run();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None, "the refused run sent nothing");
     drop(guard);
     world.run().run();
@@ -434,7 +434,7 @@ fn a_lock_left_by_a_dead_run_is_taken_over() {
     let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     std::fs::write(&lock_file, json!({"pid": dead_pid, "started_at": started_at}).to_string()).unwrap();
 
-    world.run().stdout_has("full sync").run();
+    world.run().stdout(has("full sync")).run();
     assert!(world.lookup(UploadMethod::LookupsApi).is_some());
     let holder: Value = serde_json::from_str(&std::fs::read_to_string(&lock_file).unwrap()).unwrap();
     assert_ne!(holder["pid"], dead_pid, "the run wrote itself into the lock file");
@@ -443,15 +443,15 @@ fn a_lock_left_by_a_dead_run_is_taken_over() {
 #[test]
 fn the_cron_line_is_written_commented_out_and_the_first_configured_run_enables_it() {
     let world = World::new();
-    world.run().args(["--cron", "0 */2 * * *"]).stdout_has("commented out").run();
+    world.run().args(["--cron", "0 */2 * * *"]).stdout(has("commented out")).run();
     let file = cron::path(world.cron_dir.path(), CONNECTOR_NAME);
     let written = std::fs::read_to_string(&file).unwrap();
     let config_dir = world.dir.path().canonicalize().unwrap();
     assert!(written.starts_with("#0 */2 * * * root "), "{written}");
     assert!(written.contains(&format!(" -c {} -ll stdout", config_dir.display())), "{written}");
 
-    world.run().stdout_has("Connector configured").run();
-    world.run().stdout_has("disabled in ThreatQ").run();
+    world.run().stdout(has("Connector configured")).run();
+    world.run().stdout(has("disabled in ThreatQ")).run();
     assert_eq!(std::fs::read_to_string(&file).unwrap(), written, "still commented out while disabled");
 
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
@@ -464,14 +464,14 @@ fn threatq_failures_exit_4() {
     let world = World::configured(UploadMethod::LookupsApi);
     let mut wrong_password = world.env();
     wrong_password.insert("THREATQ_PASSWORD".into(), "not-the-password".into());
-    world.command_with(&wrong_password).status(4).stderr_has("refused the sign-in").run();
+    world.command_with(&wrong_password).status(4).stderr(has("refused the sign-in")).run();
 
     world.set_field("data_collection_name", "Devo Exprot");
     world
         .run()
         .status(4)
-        .stderr_has("no ThreatQ data collection is named \"Devo Exprot\"")
-        .stderr_has(stage::COLLECTION)
+        .stderr(has("no ThreatQ data collection is named \"Devo Exprot\""))
+        .stderr(has(stage::COLLECTION))
         .run();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None);
     assert_eq!(world.last_run()["exit_code"], 4);
@@ -481,7 +481,7 @@ fn threatq_failures_exit_4() {
 fn a_failed_devo_job_exits_5_keeps_no_state_and_the_next_run_converges() {
     let world = World::configured(UploadMethod::LookupsApi);
     world.stage.devo_api.fail_next_job("the lookup quota is exhausted");
-    world.run().status(5).stderr_has("the lookup quota is exhausted").run();
+    world.run().status(5).stderr(has("the lookup quota is exhausted")).run();
     assert_eq!(world.state_bytes(), None, "no state without Devo's acceptance");
     assert_eq!(world.last_run()["exit_code"], 5);
 
@@ -493,7 +493,7 @@ fn a_failed_devo_job_exits_5_keeps_no_state_and_the_next_run_converges() {
 fn a_relay_that_drops_every_connection_exits_5() {
     let world = World::configured(UploadMethod::Relay);
     world.stage.relay.set_faults(tqdevo::sandbox::relay::Faults { refuse_handshake: true, ..Default::default() });
-    world.run().status(5).stderr_has("Devo at 127.0.0.1:").run();
+    world.run().status(5).stderr(has("Devo at 127.0.0.1:")).run();
     assert_eq!(world.lookup(UploadMethod::Relay), None);
     assert_eq!(world.state_bytes(), None);
 }
@@ -503,7 +503,7 @@ fn a_relay_that_drops_every_connection_exits_5() {
 fn a_refused_devo_token_exits_3_naming_the_field() {
     let world = World::configured(UploadMethod::LookupsApi);
     world.stage.devo_api.set_token("a-rotated-token");
-    world.run().status(3).stderr_has("\"Devo API Token\"").stderr_has("401").run();
+    world.run().status(3).stderr(has("\"Devo API Token\"")).stderr(has("401")).run();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None);
     assert_eq!(world.state_bytes(), None);
 }
@@ -515,7 +515,7 @@ fn the_mass_delete_guard_exits_7_until_allowed() {
     let full = world.lookup(UploadMethod::Relay).unwrap();
     world.stage.threatq.set_generated(IOCS / 4);
 
-    world.run().status(7).stderr_has("Mass-Delete Guard").stderr_has("--allow-mass-delete").run();
+    world.run().status(7).stderr(has("Mass-Delete Guard")).stderr(has("--allow-mass-delete")).run();
     assert_eq!(world.lookup(UploadMethod::Relay), Some(full.clone()), "the refused run sent nothing");
     assert_eq!(world.last_run()["exit_code"], 7);
 
@@ -575,7 +575,7 @@ fn secrets_stay_out_of_the_output_at_v3() {
 #[test]
 fn demo_output() {
     let home = tempfile::tempdir().unwrap();
-    Test::with_only_env(&HashMap::new(), home.path()).arg("demo").stdout_snapshot("demo").stderr("").run();
+    Test::with_only_env(&HashMap::new(), home.path()).arg("demo").stdout(snapshot("demo")).stderr("").run();
 }
 
 /// What a run added to the daily log files in `dir`, and the log text before it.
@@ -615,7 +615,7 @@ fn every_outcome_is_recorded_in_the_log_file_last_run_json_and_stderr() {
         assert_eq!(world.last_run()["status"], status);
     };
     let check_failed = |test: Test, expected: u8, says: &str, name: &str| {
-        let test = test.status(expected.into()).stderr_has(says).stderr_snapshot(&format!("exit_{expected}_{name}"));
+        let test = test.status(expected.into()).stderr(has(says)).stderr(snapshot(&format!("exit_{expected}_{name}")));
         let (logged, _) = recorded(test, &log);
         let line = logged.lines().find(|l| l.contains(" ERROR ")).unwrap_or_else(|| panic!("no ERROR line: {logged}"));
         assert!(line.contains(says) && line.contains(&format!("exit_code={expected}")), "{line}");
@@ -624,7 +624,7 @@ fn every_outcome_is_recorded_in_the_log_file_last_run_json_and_stderr() {
         assert!(report["error"].as_str().unwrap().contains(says), "{report}");
     };
 
-    check_ok(run().stdout_snapshot("exit_0_configured"), "configured", "Connector configured");
+    check_ok(run().stdout(snapshot("exit_0_configured")), "configured", "Connector configured");
     check_ok(run().stdout(""), "disabled", "disabled in ThreatQ");
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
     check_ok(run(), "ok", "sync: fetched");
@@ -653,8 +653,8 @@ fn every_outcome_is_recorded_in_the_log_file_last_run_json_and_stderr() {
 
     // A usage error happens before the log or the config directory are known: stderr only, nothing else moves.
     let report = world.last_run();
-    let usage = run().arg("--no-such-flag").status(2).stdout("").stderr_has("--no-such-flag");
-    let (logged, _) = recorded(usage.stderr_snapshot("exit_2_usage_unknown_flag"), &log);
+    let usage = run().arg("--no-such-flag").status(2).stdout("").stderr(has("--no-such-flag"));
+    let (logged, _) = recorded(usage.stderr(snapshot("exit_2_usage_unknown_flag")), &log);
     assert_eq!(logged, "");
     assert_eq!(world.last_run(), report);
 }
@@ -703,11 +703,11 @@ fn local_files_hold_their_ground() {
     let world = World::configured(UploadMethod::LookupsApi);
     let dir = world.dir.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o775)).unwrap();
-    world.run().status(3).stderr_has(format!("chmod go-w {}", dir.display())).run();
+    world.run().status(3).stderr(has(format!("chmod go-w {}", dir.display()))).run();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let secrets = secrets::file_path(dir, CONNECTOR_NAME);
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o666)).unwrap();
-    world.run().status(3).stderr_has(format!("chmod go-w {}", secrets.display())).run();
+    world.run().status(3).stderr(has(format!("chmod go-w {}", secrets.display()))).run();
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None, "the refused runs sent nothing");
 
@@ -716,7 +716,7 @@ fn local_files_hold_their_ground() {
     let lock_file = lock::path(dir, CONNECTOR_NAME);
     std::fs::remove_file(&lock_file).ok();
     std::os::unix::fs::symlink(&victim, &lock_file).unwrap();
-    world.run().status(3).stderr_has("is a symbolic link").run();
+    world.run().status(3).stderr(has("is a symbolic link")).run();
     std::fs::remove_file(&lock_file).unwrap();
 
     let state = run::state_path(dir, CONNECTOR_NAME);
@@ -733,7 +733,7 @@ fn local_files_hold_their_ground() {
 fn a_cron_file_that_cannot_be_enabled_is_logged_and_shown_by_doctor_and_the_run_still_exports() {
     let world = World::new();
     world.run().args(["--cron", "0 */2 * * *"]).run();
-    world.run().stdout_has("Connector configured").run();
+    world.run().stdout(has("Connector configured")).run();
     let file = cron::path(world.cron_dir.path(), CONNECTOR_NAME);
     let edited = format!("{}# kept off until the change window -- admin\n", std::fs::read_to_string(&file).unwrap());
     std::fs::write(&file, &edited).unwrap();
