@@ -11,6 +11,22 @@ pub(crate) const BIN: &str = "tq-conn-devo-ioc-exporter";
 /// The longest any one run may take before the test fails instead of hanging.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What [`Test::in_dir`] takes away from the machine running the tests: the setup answers, the trust and timing
+/// settings doctor reports, and COLUMNS, which would change where clap wraps the help.
+const MACHINE_VARIABLES: [&str; 11] = [
+    "THREATQ_HOST",
+    "THREATQ_CLIENT_ID",
+    "THREATQ_USERNAME",
+    "THREATQ_PASSWORD",
+    "THREATQ_STATUS",
+    "THREATQ_CA_FILE",
+    "THREATQ_TLS_VERIFY",
+    "DEVO_CA_FILE",
+    "DEVO_RELAY_DELAY_SECONDS",
+    "DEVO_JOB_POLL_SECONDS",
+    "COLUMNS",
+];
+
 /// The built binary's path.
 pub(crate) fn path() -> &'static Path {
     assert_cmd::cargo::cargo_bin!("tq-conn-devo-ioc-exporter")
@@ -65,14 +81,11 @@ impl Test {
         Test { command, stdin: Vec::new(), status: 0, stdout: Vec::new(), stderr: Vec::new(), files: Vec::new() }
     }
 
-    /// The binary run in `dir` with none of the setup variables of the machine running the tests, secrets in files.
+    /// The binary run in `dir` without [`MACHINE_VARIABLES`], secrets in files.
     pub(crate) fn in_dir(dir: &Path) -> Test {
         let mut command = Command::new(path());
         command.current_dir(dir).env("TQ_SECRETS_BACKEND", "file");
-        // COLUMNS would change where clap wraps the help.
-        for var in
-            ["COLUMNS", "THREATQ_HOST", "THREATQ_CLIENT_ID", "THREATQ_USERNAME", "THREATQ_PASSWORD", "THREATQ_STATUS"]
-        {
+        for var in MACHINE_VARIABLES {
             command.env_remove(var);
         }
         Test::of(command)
@@ -163,7 +176,7 @@ const FILTERS: &[(&str, &str)] = &[
     // tempfile's directories, wherever TMPDIR points.
     (r"(/[^\s/:]+)*/\.tmp[A-Za-z0-9]{6}", "[TMP]"),
     (r"pid \d+", "pid [PID]"),
-    (r"\b\d+(\.\d+)? ?(ms|s)\b", "[DURATION]"),
+    (r"-?\b\d+(\.\d+)? ?(ms|s)\b", "[DURATION]"),
     (r"in \d+ days", "in [DAYS] days"),
     (r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "[UUID]"),
     (r"version \d+\.\d+\.\d+[^\s)]*", "version [VERSION]"),
