@@ -1,7 +1,6 @@
 //! `doctor`, the preflight: the real binary against the stand-ins, every check passing, and each failing for its
 //! own reason with the exit code of its area; and it changes nothing, in ThreatQ or in Devo.
 
-use predicates::str::contains;
 use secrecy::SecretString;
 use serde_json::Value;
 use tqdevo::devo::UploadMethod;
@@ -11,7 +10,8 @@ use tqdevo::sandbox::certs::TestCa;
 use tqdevo::sandbox::devo_api::DEFAULT_TOKEN;
 use tqdevo::sandbox::stage;
 
-use crate::e2e::{World, stdout_of};
+use crate::binary::has;
+use crate::e2e::World;
 
 /// The check named `check` in doctor's output, e.g. `ok (...)` or `FAILED: ...`.
 fn result_of<'a>(stdout: &'a str, check: &str) -> &'a str {
@@ -24,7 +24,7 @@ fn result_of<'a>(stdout: &'a str, check: &str) -> &'a str {
 
 /// Runs `doctor`, expects `code`, and returns its stdout.
 fn doctor(world: &World, code: i32) -> String {
-    stdout_of(&world.run().arg("doctor").assert().code(code))
+    world.run().arg("doctor").status(code).run().stdout
 }
 
 /// `doctor` after these UI fields changed: it exits `code` and `check` fails saying `why`. Returns the output.
@@ -64,11 +64,12 @@ fn every_lookups_api_check_passes_and_nothing_changes() {
     assert_all_ok(&before, &["Devo API token", "Devo domain", "Devo lookup"]);
     assert!(result_of(&before, "Devo lookup").contains("absent: the next run creates it"), "{before}");
 
-    world.run().assert().success();
+    world.run().run();
     let requests = world.stage.devo_api.requests().len();
     let lookup = world.stage.lookup(UploadMethod::LookupsApi, "tq_iocs");
     let record = world.stage.threatq.connector(tqdevo::connector::config::CONNECTOR_NAME);
     let after = doctor(&world, 0);
+    crate::binary::assert_snapshot("doctor_lookups_api", &after);
     assert_all_ok(&after, &["Devo API token", "Devo domain", "Devo lookup", "Devo lookup columns", "Devo last job"]);
     assert!(result_of(&after, "Devo lookup columns").contains("15 columns, key ioc"), "{after}");
     assert!(result_of(&after, "Devo last job").contains("succeeded"), "{after}");
@@ -84,6 +85,7 @@ fn every_lookups_api_check_passes_and_nothing_changes() {
 fn every_relay_check_passes_with_a_handshake_that_sends_no_data() {
     let world = World::configured(UploadMethod::Relay);
     let stdout = doctor(&world, 0);
+    crate::binary::assert_snapshot("doctor_relay", &stdout);
     let relay = ["Devo certificate", "Devo private key", "Devo chain CA", "Devo relay connection", "Devo relay trust"];
     assert_all_ok(&stdout, &[&relay[..], &["Devo relay handshake"]].concat());
     assert!(result_of(&stdout, "Devo certificate").contains("in 36"), "a year to go: {stdout}");
@@ -99,8 +101,7 @@ fn every_relay_check_passes_with_a_handshake_that_sends_no_data() {
 #[test]
 fn json_says_the_same_as_one_object() {
     let world = World::configured(UploadMethod::LookupsApi);
-    let passing: Value =
-        serde_json::from_str(&stdout_of(&world.run().args(["doctor", "--json"]).assert().success())).unwrap();
+    let passing: Value = serde_json::from_str(&world.run().args(["doctor", "--json"]).run().stdout).unwrap();
     assert_eq!((passing["ok"].clone(), passing["exit_code"].clone()), (Value::Bool(true), Value::from(0)));
     let checks = passing["checks"].as_array().unwrap();
     assert!(checks.iter().all(|c| c["ok"] == true), "{passing}");
@@ -108,8 +109,8 @@ fn json_says_the_same_as_one_object() {
     assert_eq!(token["area"], "devo");
 
     world.stage.devo_api.set_token("a-rotated-token");
-    let output = world.run().args(["doctor", "--json"]).assert().code(3);
-    let failing: Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+    let output = world.run().args(["doctor", "--json"]).status(3).run();
+    let failing: Value = serde_json::from_str(&output.stdout).unwrap();
     assert_eq!((failing["ok"].clone(), failing["exit_code"].clone()), (Value::Bool(false), Value::from(3)));
     let token = failing["checks"].as_array().unwrap().iter().find(|c| c["check"] == "Devo API token").unwrap();
     assert_eq!((token["ok"].clone(), token["exit_code"].clone()), (Value::Bool(false), Value::from(3)));
@@ -139,7 +140,7 @@ fn an_unknown_domain_fails_with_exit_3_naming_the_field() {
 #[test]
 fn a_lookup_with_other_columns_fails_with_exit_5_until_the_next_run_replaces_it() {
     let world = World::configured(UploadMethod::LookupsApi);
-    world.run().assert().success();
+    world.run().run();
     let mut config = ApiConfig::new(
         world.stage.devo_api.base_url().parse().unwrap(),
         stage::DOMAIN,
@@ -154,7 +155,7 @@ fn a_lookup_with_other_columns_fails_with_exit_5_until_the_next_run_replaces_it(
     let stdout = fails(&world, &[], 5, "Devo lookup columns", "has the columns [ioc STRING] with key ioc");
     assert!(result_of(&stdout, "Devo lookup columns").contains("the next run replaces the lookup"), "{stdout}");
 
-    world.run().assert().success().stdout(contains("full sync"));
+    world.run().stdout(has("full sync")).run();
     assert_eq!(world.stage.devo_api.columns(stage::DOMAIN, "tq_iocs").map(|c| c.len()), Some(15));
     doctor(&world, 0);
 }
@@ -208,8 +209,8 @@ fn a_refused_threatq_sign_in_fails_with_exit_4() {
     let world = World::configured(UploadMethod::LookupsApi);
     let mut env = world.env();
     env.insert("THREATQ_PASSWORD".into(), "not-the-password".into());
-    let output = world.command_with(&env).arg("doctor").assert().code(4).stderr(contains("refused the sign-in"));
-    let stdout = stdout_of(&output);
+    let output = world.command_with(&env).arg("doctor").status(4).stderr(has("refused the sign-in")).run();
+    let stdout = output.stdout;
     assert!(result_of(&stdout, "ThreatQ sign-in").starts_with("FAILED:"), "{stdout}");
     assert!(result_of(&stdout, "Local config").starts_with("ok"), "{stdout}");
     assert!(!stdout.contains("Devo API token"), "{stdout}");

@@ -6,10 +6,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use assert_cmd::Command;
 use futures::TryStreamExt as _;
-use predicates::prelude::*;
-use predicates::str::contains;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tqdevo::connector::config::{CONNECTOR_NAME, definition};
@@ -21,12 +18,12 @@ use tqdevo::sandbox::stage::{self, Ports, Stage};
 use tqdevo::sandbox::threatq as tq;
 use tqdevo::threatq::{Client, ClientOptions, Indicator};
 
+use crate::binary::{Output, TIMEOUT as COMMAND_TIMEOUT, Test, has, snapshot};
+
 /// Generated IOCs per test: several pages at the UI's Batch Size of 250, a run well under a second.
 const IOCS: u64 = 400;
 /// What [`Stage::ui_fields`] sets as the UI's "ThreatQ Hostname".
 const UI_HOSTNAME: &str = "threatq.example.com";
-/// The longest any one command may take before the test fails instead of hanging.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The stand-ins on their own runtime, and the directories one installation of the connector uses (the `doctor`
 /// tests use it too).
@@ -61,7 +58,7 @@ impl World {
     /// The stand-ins, the connector set up from the environment, its UI filled for `method` and the toggle on.
     pub(crate) fn configured(method: UploadMethod) -> World {
         let world = World::new();
-        world.run().assert().success();
+        world.run().run();
         world.configure(CONNECTOR_NAME, method, "tq_iocs");
         world
     }
@@ -92,29 +89,22 @@ impl World {
     }
 
     /// The binary with only `env` (plus PATH and HOME) as its environment: `-c <dir> -ll stdout --cron-dir <tmp>`.
-    pub(crate) fn command_with(&self, env: &HashMap<String, String>) -> Command {
+    pub(crate) fn command_with(&self, env: &HashMap<String, String>) -> Test {
         self.command_logging_to(env, Path::new("stdout"))
     }
 
     /// [`World::command_with`] with `-ll log`.
-    fn command_logging_to(&self, env: &HashMap<String, String>, log: &Path) -> Command {
-        let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("tq-conn-devo-ioc-exporter");
-        cmd.env_clear()
-            .envs(env)
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .current_dir(self.dir.path())
-            .timeout(COMMAND_TIMEOUT)
+    fn command_logging_to(&self, env: &HashMap<String, String>, log: &Path) -> Test {
+        Test::with_only_env(env, self.dir.path())
             .arg("-c")
             .arg(self.dir.path())
             .arg("-ll")
             .arg(log)
             .arg("--cron-dir")
-            .arg(self.cron_dir.path());
-        cmd
+            .arg(self.cron_dir.path())
     }
 
-    pub(crate) fn run(&self) -> Command {
+    pub(crate) fn run(&self) -> Test {
         self.command_with(&self.env())
     }
 
@@ -204,13 +194,8 @@ fn summary_counts(stdout: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-pub(crate) fn stdout_of(assert: &assert_cmd::assert::Assert) -> String {
-    String::from_utf8_lossy(&assert.get_output().stdout).into_owned()
-}
-
-fn output_of(assert: &assert_cmd::assert::Assert) -> String {
-    let output = assert.get_output();
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+fn output_of(output: &Output) -> String {
+    format!("{}{}", output.stdout, output.stderr)
 }
 
 fn mode(path: &Path) -> u32 {
@@ -220,7 +205,7 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn setup_from_the_environment_registers_the_connector_and_keeps_the_password_private() {
     let world = World::new();
-    world.run().assert().success().stdout(contains("Connector configured. Set information in UI"));
+    world.run().stdout(has("Connector configured. Set information in UI")).run();
 
     let record = world.stage.threatq.connector(CONNECTOR_NAME).expect("the connector registered itself");
     assert_eq!(record["category"]["name"], "Labs");
@@ -310,15 +295,15 @@ fn with_a_secret_service_the_password_lives_in_the_os_keyring() {
     let mut env = world.env();
     env.remove("TQ_SECRETS_BACKEND");
     env.insert("DBUS_SESSION_BUS_ADDRESS".into(), service.bus_address.clone());
-    world.command_with(&env).assert().success().stdout(contains("Connector configured. Set information in UI"));
+    world.command_with(&env).stdout(has("Connector configured. Set information in UI")).run();
     assert!(!secrets::file_path(world.dir.path(), CONNECTOR_NAME).exists(), "no secrets file beside a keyring");
     let config = std::fs::read_to_string(local::path(world.dir.path(), CONNECTOR_NAME)).unwrap();
     assert!(config.contains("\"keyring\""), "{config}");
 
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
     env.remove("THREATQ_PASSWORD");
-    world.command_with(&env).assert().success().stdout(contains("full sync"));
-    world.command_with(&env).arg("doctor").assert().success().stdout(contains("keyring"));
+    world.command_with(&env).stdout(has("full sync")).run();
+    world.command_with(&env).arg("doctor").stdout(has("keyring")).run();
 }
 
 #[test]
@@ -333,8 +318,8 @@ fn setup_from_piped_answers_hides_the_password_and_later_runs_use_the_stored_one
         tq::DEFAULT_EMAIL,
         tq::DEFAULT_PASSWORD
     );
-    let setup = world.command_with(&only_trust).write_stdin(answers).assert().success();
-    let stdout = stdout_of(&setup);
+    let setup = world.command_with(&only_trust).stdin(answers).run();
+    let stdout = &setup.stdout;
     for prompt in ["ThreatQ Host:", "ThreatQ Client ID:", "ThreatQ Username:", "ThreatQ Password:", "Status:"] {
         assert!(stdout.contains(prompt), "{prompt} missing from {stdout}");
     }
@@ -342,16 +327,16 @@ fn setup_from_piped_answers_hides_the_password_and_later_runs_use_the_stored_one
     assert!(!output_of(&setup).contains(tq::DEFAULT_PASSWORD), "the password was echoed: {stdout}");
 
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
-    world.command_with(&only_trust).write_stdin("").assert().success().stdout(contains("full sync"));
+    world.command_with(&only_trust).stdin("").stdout(has("full sync")).run();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
 }
 
 #[test]
 fn a_run_while_disabled_says_so_and_leaves_devo_untouched() {
     let world = World::new();
-    world.run().assert().success();
+    world.run().run();
     world.stage.threatq.set_custom_fields(CONNECTOR_NAME, world.stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs"));
-    world.run().assert().success().stdout(contains("disabled in ThreatQ"));
+    world.run().stdout(has("disabled in ThreatQ")).run();
     assert!(world.stage.devo_api.requests().is_empty(), "{:?}", world.stage.devo_api.requests());
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None);
     assert_eq!(world.state_bytes(), None);
@@ -363,7 +348,7 @@ fn a_run_exports_the_collection(method: UploadMethod) {
     let world = World::configured(method);
     // ThreatQ keeps whole seconds, so a second of slack.
     let before = (chrono::Utc::now() - chrono::Duration::seconds(1)).naive_utc();
-    let stdout = stdout_of(&world.run().assert().success());
+    let stdout = world.run().run().stdout;
 
     let expected = world.expected_rows(stage::COLLECTION);
     for value in ["dup-score.example.net", "dup-time.example.net", "dup-tie.example.net"] {
@@ -399,7 +384,7 @@ fn a_run_exports_the_collection(method: UploadMethod) {
     assert!(at >= before, "last_import_at {at} is from this run");
 
     // Nothing changed in ThreatQ: the next run sends nothing and the lookup stays.
-    let again = summary_counts(&stdout_of(&world.run().assert().success()));
+    let again = summary_counts(&world.run().run().stdout);
     assert_eq!((again["added"], again["changed"], again["deleted"]), (0, 0, 0));
     assert_eq!(world.lookup(method), Some(expected));
 }
@@ -423,7 +408,7 @@ fn an_invalid_ui_value_exits_3_naming_its_label() {
         let fields = world.stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs");
         world.stage.threatq.set_custom_fields(CONNECTOR_NAME, fields);
         world.set_field(field, value);
-        world.run().assert().code(3).stderr(contains(label));
+        world.run().status(3).stderr(has(label)).run();
         assert_eq!(world.last_run()["exit_code"], 3);
     }
     assert!(world.stage.devo_api.requests().is_empty(), "Devo is not called with a bad configuration");
@@ -433,10 +418,10 @@ fn an_invalid_ui_value_exits_3_naming_its_label() {
 fn a_held_lock_exits_6_naming_the_holder() {
     let world = World::configured(UploadMethod::LookupsApi);
     let guard = lock::acquire(world.dir.path(), CONNECTOR_NAME, Duration::from_secs(3600)).unwrap();
-    world.run().assert().code(6).stderr(contains(format!("pid {}", std::process::id())));
+    world.run().status(6).stderr(has(format!("pid {}", std::process::id()))).run();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None, "the refused run sent nothing");
     drop(guard);
-    world.run().assert().success();
+    world.run().run();
 }
 
 #[test]
@@ -449,7 +434,7 @@ fn a_lock_left_by_a_dead_run_is_taken_over() {
     let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     std::fs::write(&lock_file, json!({"pid": dead_pid, "started_at": started_at}).to_string()).unwrap();
 
-    world.run().assert().success().stdout(contains("full sync"));
+    world.run().stdout(has("full sync")).run();
     assert!(world.lookup(UploadMethod::LookupsApi).is_some());
     let holder: Value = serde_json::from_str(&std::fs::read_to_string(&lock_file).unwrap()).unwrap();
     assert_ne!(holder["pid"], dead_pid, "the run wrote itself into the lock file");
@@ -458,19 +443,19 @@ fn a_lock_left_by_a_dead_run_is_taken_over() {
 #[test]
 fn the_cron_line_is_written_commented_out_and_the_first_configured_run_enables_it() {
     let world = World::new();
-    world.run().args(["--cron", "0 */2 * * *"]).assert().success().stdout(contains("commented out"));
+    world.run().args(["--cron", "0 */2 * * *"]).stdout(has("commented out")).run();
     let file = cron::path(world.cron_dir.path(), CONNECTOR_NAME);
     let written = std::fs::read_to_string(&file).unwrap();
     let config_dir = world.dir.path().canonicalize().unwrap();
     assert!(written.starts_with("#0 */2 * * * root "), "{written}");
     assert!(written.contains(&format!(" -c {} -ll stdout", config_dir.display())), "{written}");
 
-    world.run().assert().success().stdout(contains("Connector configured"));
-    world.run().assert().success().stdout(contains("disabled in ThreatQ"));
+    world.run().stdout(has("Connector configured")).run();
+    world.run().stdout(has("disabled in ThreatQ")).run();
     assert_eq!(std::fs::read_to_string(&file).unwrap(), written, "still commented out while disabled");
 
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
-    world.run().assert().success();
+    world.run().run();
     assert_eq!(std::fs::read_to_string(&file).unwrap(), written.trim_start_matches('#'));
 }
 
@@ -479,14 +464,15 @@ fn threatq_failures_exit_4() {
     let world = World::configured(UploadMethod::LookupsApi);
     let mut wrong_password = world.env();
     wrong_password.insert("THREATQ_PASSWORD".into(), "not-the-password".into());
-    world.command_with(&wrong_password).assert().code(4).stderr(contains("refused the sign-in"));
+    world.command_with(&wrong_password).status(4).stderr(has("refused the sign-in")).run();
 
     world.set_field("data_collection_name", "Devo Exprot");
     world
         .run()
-        .assert()
-        .code(4)
-        .stderr(contains("no ThreatQ data collection is named \"Devo Exprot\"").and(contains(stage::COLLECTION)));
+        .status(4)
+        .stderr(has("no ThreatQ data collection is named \"Devo Exprot\""))
+        .stderr(has(stage::COLLECTION))
+        .run();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None);
     assert_eq!(world.last_run()["exit_code"], 4);
 }
@@ -495,11 +481,11 @@ fn threatq_failures_exit_4() {
 fn a_failed_devo_job_exits_5_keeps_no_state_and_the_next_run_converges() {
     let world = World::configured(UploadMethod::LookupsApi);
     world.stage.devo_api.fail_next_job("the lookup quota is exhausted");
-    world.run().assert().code(5).stderr(contains("the lookup quota is exhausted"));
+    world.run().status(5).stderr(has("the lookup quota is exhausted")).run();
     assert_eq!(world.state_bytes(), None, "no state without Devo's acceptance");
     assert_eq!(world.last_run()["exit_code"], 5);
 
-    world.run().assert().success();
+    world.run().run();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
 }
 
@@ -507,7 +493,7 @@ fn a_failed_devo_job_exits_5_keeps_no_state_and_the_next_run_converges() {
 fn a_relay_that_drops_every_connection_exits_5() {
     let world = World::configured(UploadMethod::Relay);
     world.stage.relay.set_faults(tqdevo::sandbox::relay::Faults { refuse_handshake: true, ..Default::default() });
-    world.run().assert().code(5).stderr(contains("Devo at 127.0.0.1:"));
+    world.run().status(5).stderr(has("Devo at 127.0.0.1:")).run();
     assert_eq!(world.lookup(UploadMethod::Relay), None);
     assert_eq!(world.state_bytes(), None);
 }
@@ -517,7 +503,7 @@ fn a_relay_that_drops_every_connection_exits_5() {
 fn a_refused_devo_token_exits_3_naming_the_field() {
     let world = World::configured(UploadMethod::LookupsApi);
     world.stage.devo_api.set_token("a-rotated-token");
-    world.run().assert().code(3).stderr(contains("\"Devo API Token\"").and(contains("401")));
+    world.run().status(3).stderr(has("\"Devo API Token\"")).stderr(has("401")).run();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None);
     assert_eq!(world.state_bytes(), None);
 }
@@ -525,15 +511,15 @@ fn a_refused_devo_token_exits_3_naming_the_field() {
 #[test]
 fn the_mass_delete_guard_exits_7_until_allowed() {
     let world = World::configured(UploadMethod::Relay);
-    world.run().assert().success();
+    world.run().run();
     let full = world.lookup(UploadMethod::Relay).unwrap();
     world.stage.threatq.set_generated(IOCS / 4);
 
-    world.run().assert().code(7).stderr(contains("Mass-Delete Guard").and(contains("--allow-mass-delete")));
+    world.run().status(7).stderr(has("Mass-Delete Guard")).stderr(has("--allow-mass-delete")).run();
     assert_eq!(world.lookup(UploadMethod::Relay), Some(full.clone()), "the refused run sent nothing");
     assert_eq!(world.last_run()["exit_code"], 7);
 
-    let stdout = stdout_of(&world.run().arg("--allow-mass-delete").assert().success());
+    let stdout = world.run().arg("--allow-mass-delete").run().stdout;
     let expected = world.expected_rows(stage::COLLECTION);
     assert_eq!(summary_counts(&stdout)["deleted"], (full.len() - expected.len()) as u64);
     assert_eq!(world.lookup(UploadMethod::Relay), Some(expected));
@@ -542,7 +528,7 @@ fn the_mass_delete_guard_exits_7_until_allowed() {
 #[test]
 fn a_dry_run_sends_nothing_and_keeps_the_state() {
     let world = World::configured(UploadMethod::LookupsApi);
-    world.run().assert().success();
+    world.run().run();
     let (lookup, state, report) = (world.lookup(UploadMethod::LookupsApi), world.state_bytes(), world.last_run());
     let requests = world.stage.devo_api.requests().len();
     world.stage.threatq.upsert_indicator(json!({
@@ -550,7 +536,7 @@ fn a_dry_run_sends_nothing_and_keeps_the_state() {
         "created_at": "2024-01-01 00:00:00", "updated_at": "2024-01-01 00:00:00",
     }));
 
-    let stdout = stdout_of(&world.run().arg("--dry-run").assert().success());
+    let stdout = world.run().arg("--dry-run").run().stdout;
     assert!(stdout.contains("dry run of an incremental sync"), "{stdout}");
     assert!(stdout.lines().any(|l| l.trim_start().starts_with("add") && l.contains("dry-run.example.net")), "{stdout}");
     assert!(stdout.contains("nothing was sent to Devo"), "{stdout}");
@@ -565,12 +551,12 @@ fn a_dry_run_sends_nothing_and_keeps_the_state() {
 fn secrets_stay_out_of_the_output_at_v3() {
     let world = World::new();
     let relay = "e2e-relay";
-    let mut outputs = vec![output_of(&world.run().arg("-v3").assert().success())];
-    outputs.push(output_of(&world.run().args(["-v3", "-n", relay]).assert().success()));
+    let mut outputs = vec![output_of(&world.run().arg("-v3").run())];
+    outputs.push(output_of(&world.run().args(["-v3", "-n", relay]).run()));
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
     world.configure(relay, UploadMethod::Relay, "tq_iocs_relay");
-    outputs.push(output_of(&world.run().arg("-v3").assert().success()));
-    outputs.push(output_of(&world.run().args(["-v3", "-n", relay]).assert().success()));
+    outputs.push(output_of(&world.run().arg("-v3").run()));
+    outputs.push(output_of(&world.run().args(["-v3", "-n", relay]).run()));
     assert!(world.stage.lookup(UploadMethod::Relay, "tq_iocs_relay").is_some_and(|rows| !rows.is_empty()));
     assert!(outputs.iter().any(|o| o.contains("DEBUG")), "-v3 logs debug lines");
 
@@ -588,22 +574,8 @@ fn secrets_stay_out_of_the_output_at_v3() {
 
 #[test]
 fn demo_output() {
-    let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("tq-conn-devo-ioc-exporter");
     let home = tempfile::tempdir().unwrap();
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .current_dir(home.path())
-        .timeout(COMMAND_TIMEOUT)
-        .arg("demo");
-    let stdout = stdout_of(&cmd.assert().success());
-    insta::with_settings!({filters => vec![
-        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "[TIME]"),
-        (r"(127\.0\.0\.1|localhost):\d+", "$1:[PORT]"),
-        (r"(?m)\d+\.\d s$", "[SECONDS] s"),
-    ]}, {
-        insta::assert_snapshot!(stdout);
-    });
+    Test::with_only_env(&HashMap::new(), home.path()).arg("demo").stdout(snapshot("demo")).stderr("").run();
 }
 
 /// What a run added to the daily log files in `dir`, and the log text before it.
@@ -617,17 +589,13 @@ impl LogFiles {
     }
 }
 
-/// Runs `cmd`, which logs to `log`; returns (exit code, what it added to the log, stderr).
-fn recorded(mut cmd: Command, log: &LogFiles) -> (i32, String, String) {
+/// Runs `test`, which logs to `log`; returns what it added to the log, and stderr.
+fn recorded(test: Test, log: &LogFiles) -> (String, String) {
     let before = log.text();
-    let output = cmd.output().unwrap();
+    let output = test.run();
     let after = log.text();
     assert!(after.starts_with(&before), "the log only grows");
-    (
-        output.status.code().unwrap_or(-1),
-        after[before.len()..].to_owned(),
-        String::from_utf8_lossy(&output.stderr).into(),
-    )
+    (after[before.len()..].to_owned(), output.stderr)
 }
 
 /// Issue 10, point 1: each outcome is in the log file (`-ll DIR`, at the default -v1), in `last-run.json`, and
@@ -639,57 +607,55 @@ fn every_outcome_is_recorded_in_the_log_file_last_run_json_and_stderr() {
     let log = LogFiles(logs.path().to_owned());
     let run_env = |env: &HashMap<String, String>| world.command_logging_to(env, logs.path());
     let run = || run_env(&world.env());
-    let check_ok = |(code, logged, stderr): (i32, String, String), status: &str, says: &str| {
-        assert_eq!(code, 0, "{logged}{stderr}");
+    // The stderr of each failing exit code, and the stdout of the two quiet successes, are snapshots too.
+    let check_ok = |test: Test, status: &str, says: &str| {
+        let (logged, _) = recorded(test.stderr(""), &log);
         assert!(logged.lines().any(|l| l.contains(" INFO ") && l.contains(says)), "{status}: {logged}");
         assert!(!logged.contains("ERROR"), "{logged}");
-        assert_eq!(stderr, "", "cron mails nothing for {status}");
         assert_eq!(world.last_run()["status"], status);
     };
-    let check_failed = |(code, logged, stderr): (i32, String, String), expected: u8, says: &str| {
-        assert_eq!(code, i32::from(expected), "{logged}{stderr}");
+    let check_failed = |test: Test, expected: u8, says: &str, name: &str| {
+        let test = test.status(expected.into()).stderr(has(says)).stderr(snapshot(&format!("exit_{expected}_{name}")));
+        let (logged, _) = recorded(test, &log);
         let line = logged.lines().find(|l| l.contains(" ERROR ")).unwrap_or_else(|| panic!("no ERROR line: {logged}"));
         assert!(line.contains(says) && line.contains(&format!("exit_code={expected}")), "{line}");
-        assert!(stderr.contains(says), "{stderr}");
         let report = world.last_run();
         assert_eq!((report["status"].as_str(), report["exit_code"].as_u64()), (Some("failed"), Some(expected.into())));
         assert!(report["error"].as_str().unwrap().contains(says), "{report}");
     };
 
-    check_ok(recorded(run(), &log), "configured", "Connector configured");
-    check_ok(recorded(run(), &log), "disabled", "disabled in ThreatQ");
+    check_ok(run().stdout(snapshot("exit_0_configured")), "configured", "Connector configured");
+    check_ok(run().stdout(""), "disabled", "disabled in ThreatQ");
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
-    check_ok(recorded(run(), &log), "ok", "sync: fetched");
+    check_ok(run(), "ok", "sync: fetched");
 
     world.set_field("batch_size", "0");
-    check_failed(recorded(run(), &log), 3, "Batch Size");
+    check_failed(run(), 3, "Batch Size", "invalid_configuration");
     world.set_field("batch_size", "250");
     let mut wrong_password = world.env();
     wrong_password.insert("THREATQ_PASSWORD".into(), "not-the-password".into());
-    check_failed(recorded(run_env(&wrong_password), &log), 4, "refused the sign-in");
+    check_failed(run_env(&wrong_password), 4, "refused the sign-in", "threatq");
     world.stage.threatq.upsert_indicator(json!({"value": "record.example.net", "type": "FQDN", "status": "Active"}));
     world.stage.devo_api.fail_next_job("the lookup quota is exhausted");
-    check_failed(recorded(run(), &log), 5, "the lookup quota is exhausted");
+    check_failed(run(), 5, "the lookup quota is exhausted", "devo");
     let guard = lock::acquire(world.dir.path(), CONNECTOR_NAME, Duration::from_secs(3600)).unwrap();
-    check_failed(recorded(run(), &log), 6, "holds the lock");
+    check_failed(run(), 6, "holds the lock", "lock_held");
     drop(guard);
     // A state that cannot be replaced (a directory in its place) is neither side's fault: exit 1.
     let state = run::state_path(world.dir.path(), CONNECTOR_NAME);
     std::fs::remove_file(&state).ok();
     std::fs::create_dir_all(state.join("in-the-way")).unwrap();
-    check_failed(recorded(run(), &log), 1, ".state");
+    check_failed(run(), 1, ".state", "other");
     std::fs::remove_dir_all(&state).unwrap();
-    check_ok(recorded(run(), &log), "ok", "sync: fetched");
+    check_ok(run(), "ok", "sync: fetched");
     world.stage.threatq.set_generated(IOCS / 4);
-    check_failed(recorded(run(), &log), 7, "Mass-Delete Guard");
+    check_failed(run(), 7, "Mass-Delete Guard", "mass_delete_guard");
 
     // A usage error happens before the log or the config directory are known: stderr only, nothing else moves.
     let report = world.last_run();
-    let mut usage = run();
-    usage.arg("--no-such-flag");
-    let (code, logged, stderr) = recorded(usage, &log);
-    assert_eq!((code, logged.as_str()), (2, ""));
-    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+    let usage = run().arg("--no-such-flag").status(2).stdout("").stderr(has("--no-such-flag"));
+    let (logged, _) = recorded(usage.stderr(snapshot("exit_2_usage_unknown_flag")), &log);
+    assert_eq!(logged, "");
     assert_eq!(world.last_run(), report);
 }
 
@@ -703,19 +669,8 @@ fn a_stopped_run_is_recorded_as_stopped() {
     let mut env = world.env();
     // A long pause after START keeps the run inside its upload until the signal comes.
     env.insert("DEVO_RELAY_DELAY_SECONDS".into(), "60".into());
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("tq-conn-devo-ioc-exporter"));
-    cmd.env_clear()
-        .envs(&env)
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", world.dir.path())
-        .arg("-c")
-        .arg(world.dir.path())
-        .arg("-ll")
-        .arg(logs.path())
-        .arg("--cron-dir")
-        .arg(world.cron_dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+    let mut cmd = world.command_logging_to(&env, logs.path()).command();
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
     // The run is in its upload once ThreatQ served the last page (of the stage's 250).
     let last_page = format!("offset={}&", (world.collection(stage::COLLECTION).len() - 1) / 250 * 250);
     world.stage.threatq.clear_requests();
@@ -748,11 +703,11 @@ fn local_files_hold_their_ground() {
     let world = World::configured(UploadMethod::LookupsApi);
     let dir = world.dir.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o775)).unwrap();
-    world.run().assert().code(3).stderr(contains(format!("chmod go-w {}", dir.display())));
+    world.run().status(3).stderr(has(format!("chmod go-w {}", dir.display()))).run();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let secrets = secrets::file_path(dir, CONNECTOR_NAME);
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o666)).unwrap();
-    world.run().assert().code(3).stderr(contains(format!("chmod go-w {}", secrets.display())));
+    world.run().status(3).stderr(has(format!("chmod go-w {}", secrets.display()))).run();
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(world.lookup(UploadMethod::LookupsApi), None, "the refused runs sent nothing");
 
@@ -761,12 +716,12 @@ fn local_files_hold_their_ground() {
     let lock_file = lock::path(dir, CONNECTOR_NAME);
     std::fs::remove_file(&lock_file).ok();
     std::os::unix::fs::symlink(&victim, &lock_file).unwrap();
-    world.run().assert().code(3).stderr(contains("is a symbolic link"));
+    world.run().status(3).stderr(has("is a symbolic link")).run();
     std::fs::remove_file(&lock_file).unwrap();
 
     let state = run::state_path(dir, CONNECTOR_NAME);
     std::os::unix::fs::symlink(&victim, &state).unwrap();
-    world.run().assert().success();
+    world.run().run();
     assert!(!std::fs::symlink_metadata(&state).unwrap().file_type().is_symlink(), "the state replaced the link");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not the connector's");
     assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
@@ -777,23 +732,23 @@ fn local_files_hold_their_ground() {
 #[test]
 fn a_cron_file_that_cannot_be_enabled_is_logged_and_shown_by_doctor_and_the_run_still_exports() {
     let world = World::new();
-    world.run().args(["--cron", "0 */2 * * *"]).assert().success();
-    world.run().assert().success().stdout(contains("Connector configured"));
+    world.run().args(["--cron", "0 */2 * * *"]).run();
+    world.run().stdout(has("Connector configured")).run();
     let file = cron::path(world.cron_dir.path(), CONNECTOR_NAME);
     let edited = format!("{}# kept off until the change window -- admin\n", std::fs::read_to_string(&file).unwrap());
     std::fs::write(&file, &edited).unwrap();
     world.configure(CONNECTOR_NAME, UploadMethod::LookupsApi, "tq_iocs");
 
-    let stdout = stdout_of(&world.run().assert().success());
+    let stdout = world.run().run().stdout;
     let error = stdout.lines().find(|l| l.contains("ERROR")).unwrap_or_else(|| panic!("no ERROR line: {stdout}"));
     assert!(error.contains("cron") && error.contains("edited by hand"), "{error}");
     assert_eq!(world.lookup(UploadMethod::LookupsApi), Some(world.expected_rows(stage::COLLECTION)));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), edited);
 
-    let doctor = stdout_of(&world.run().arg("doctor").assert());
+    let doctor = world.run().arg("doctor").status(1).run().stdout;
     let line = doctor.lines().find(|l| l.starts_with("Cron activation")).unwrap_or_else(|| panic!("{doctor}"));
     assert!(line.contains("FAILED:") && line.contains("edited by hand"), "{line}");
     std::fs::write(&file, edited.lines().next().unwrap().to_owned() + "\n").unwrap();
-    let doctor = stdout_of(&world.run().arg("doctor").assert());
+    let doctor = world.run().arg("doctor").run().stdout;
     assert!(doctor.lines().any(|l| l.starts_with("Cron activation") && l.ends_with("ok")), "{doctor}");
 }

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use tqdevo::devo::UploadMethod;
 use tqdevo::sandbox::stage::{Ports, Stage};
 
-const BIN: &str = "tq-conn-devo-ioc-exporter";
+use crate::binary::{BIN, Test};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,7 +62,7 @@ fn package_artifact(test: &str, suffix: &str, needs_root: bool, tools: &[&str]) 
 fn install_sh_installs_the_binary_man_page_and_completions_and_uninstall_keeps_the_configuration() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    let binary = assert_cmd::cargo::cargo_bin!("tq-conn-devo-ioc-exporter");
+    let binary = crate::binary::path();
     let install = || {
         let mut cmd = Command::new(repo().join("scripts/install.sh"));
         cmd.arg("--root").arg(root).arg("--binary").arg(binary);
@@ -79,7 +79,7 @@ fn install_sh_installs_the_binary_man_page_and_completions_and_uninstall_keeps_t
     ];
     assert_eq!(mode(&root.join(&files[0])), 0o755);
     assert_eq!(std::fs::read(root.join(&files[0])).unwrap(), std::fs::read(binary).unwrap());
-    let printed = |args: &[&str]| run(Command::new(binary).args(args));
+    let printed = |args: &[&str]| Test::in_dir(root).args(args).stderr("").run().stdout;
     assert_eq!(std::fs::read_to_string(root.join(&files[1])).unwrap(), printed(&["man"]));
     for (file, shell) in files[2..].iter().zip(["bash", "zsh", "fish"]) {
         assert_eq!(std::fs::read_to_string(root.join(file)).unwrap(), printed(&["completions", shell]), "{file}");
@@ -106,9 +106,8 @@ fn install_sh_installs_the_binary_man_page_and_completions_and_uninstall_keeps_t
 
 /// What bash offers after `words` (the last one is being completed), with the script the binary prints.
 fn bash_completes(dir: &Path, words: &[&str]) -> Vec<String> {
-    let binary = assert_cmd::cargo::cargo_bin!("tq-conn-devo-ioc-exporter");
     let script = dir.join("completion.bash");
-    std::fs::write(&script, run(Command::new(binary).args(["completions", "bash"]))).unwrap();
+    std::fs::write(&script, Test::in_dir(dir).args(["completions", "bash"]).stderr("").run().stdout).unwrap();
     let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
     let line = format!(
         "source {}; COMP_WORDS=({BIN} {}); COMP_CWORD={}; _tq__conn__devo__ioc__exporter {BIN} '{}' '{}' 2>/dev/null; printf '%s\\n' \"${{COMPREPLY[@]}}\"",

@@ -1,6 +1,7 @@
 //! The one integration test binary: a module per area, each driving the library or the real binary against the
 //! loopback stand-ins.
 
+mod binary;
 mod cli;
 mod doctor;
 mod e2e;

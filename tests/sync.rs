@@ -788,9 +788,13 @@ async fn a_one_percent_change_sends_about_one_percent_of_the_rows() {
 /// Starts the built binary for instance `name` with the world's environment plus `extra`.
 fn spawn_binary(world: &World, name: &str, extra: &[(&str, &str)]) -> std::process::Child {
     let dir = world.config_dir();
-    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin!("tq-conn-devo-ioc-exporter"));
-    command.arg("-c").arg(&dir).args(["-n", name, "--cron-dir"]).arg(&dir);
-    command.envs(&world.env).envs(extra.iter().copied());
+    let mut command = crate::binary::Test::with_only_env(&world.env, &dir)
+        .arg("-c")
+        .arg(&dir)
+        .args(["-n", name, "--cron-dir"])
+        .arg(&dir)
+        .command();
+    command.envs(extra.iter().copied());
     command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     command.spawn().unwrap()
 }
