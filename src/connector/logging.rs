@@ -96,7 +96,7 @@ mod tests {
 
     #[test]
     fn verbosity_maps_to_levels_and_the_record_passes_at_every_level() {
-        use crate::connector::setup::tests::Captured;
+        use crate::test_log::Captured;
         for (level, shown) in [(1, ["WARN", "record"].as_slice()), (2, &["WARN", "record", "INFO"]), (3, &["DEBUG"])] {
             let written = Captured::default();
             let sink = written.clone();

@@ -259,22 +259,9 @@ pub(crate) mod tests {
         assert_eq!(password.expose_secret(), "hunter2");
     }
 
-    /// Log lines written while the setup runs at the highest verbosity (the logging tests use it too).
-    #[derive(Clone, Default)]
-    pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn the_password_never_reaches_the_log() {
+        use crate::test_log::Captured;
         let dir = tempfile::tempdir().unwrap();
         let logs = Captured::default();
         let writer = logs.clone();

@@ -39,33 +39,21 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore, Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use crate::test_log::Captured;
 
     /// The opt-out is said once, naming the host, at the one place that builds the client's TLS.
     #[test]
     fn verify_off_is_logged_once_naming_the_host() {
         crate::init_tls();
-        let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let logs = Captured::default();
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || Sink(writer.clone()))
+            .with_writer(move || writer.clone())
             .with_max_level(tracing::Level::TRACE)
             .finish();
         tracing::subscriber::with_default(subscriber, || super::client_config("tq.example.com", None, false)).unwrap();
-        let logged = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        let logged = logs.text();
         assert_eq!(logged.matches("NOT verified").count(), 1, "{logged}");
         assert!(logged.contains("THREATQ_TLS_VERIFY=false") && logged.contains("tq.example.com"), "{logged}");
-    }
-
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 }
