@@ -136,7 +136,8 @@ where
 
     let dir = state_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let spool_error = |e| Error::io(format!("writing the row spool in {}", dir.display()), e);
-    let mut collected = Collected::new(dir, table.columns.len()).map_err(spool_error)?;
+    let expected = state.as_ref().map_or(0, State::len);
+    let mut collected = Collected::sized(dir, table.columns.len(), expected).map_err(spool_error)?;
     let mut pages = std::pin::pin!(pages);
     while let Some(page) = pages.next().await {
         for ioc in page? {
@@ -226,7 +227,7 @@ where
             (Action::Incremental, Some(state)) if !full_replaced => state.last_full_at,
             _ => options.now,
         };
-        State::write(state_path, target, last_full, &all).map_err(state_error)?;
+        State::write_collected(state_path, target, last_full, &collected).map_err(state_error)?;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::io::{self, BufReader, BufWriter};
+use std::io::{self, BufReader, BufWriter, Read as _, Write as _};
 use std::path::Path;
 
 use chrono::NaiveDateTime;
@@ -146,6 +146,10 @@ fn rank(row: &[String]) -> (f32, i64) {
 pub struct Collected {
     spool: tempfile::NamedTempFile,
     writer: Option<csv::Writer<BufWriter<File>>>,
+    /// Beside the rows, each row's key and content digest (what the state file holds of it), so that the state
+    /// is written by copying bytes, without parsing and hashing the rows again.
+    keys: tempfile::NamedTempFile,
+    keys_writer: Option<BufWriter<File>>,
     rows: u32,
     winners: RowSet,
     index: DigestMap<Entry>,
@@ -156,14 +160,26 @@ pub struct Collected {
 impl Collected {
     /// Starts an empty spool in `dir` (the instance's state directory, so it sits on the same disk).
     pub fn new(dir: &Path, columns: usize) -> io::Result<Self> {
+        Self::sized(dir, columns, 0)
+    }
+
+    /// [`Collected::new`] for about `expected` values (e.g. as many as the delivered state holds): the index is
+    /// sized up front, so that it does not grow by doubling, with the old and the new table alive at once.
+    pub fn sized(dir: &Path, columns: usize, expected: u64) -> io::Result<Self> {
         let spool = tempfile::Builder::new().prefix(".spool-").tempfile_in(dir)?;
         let writer = csv::WriterBuilder::new().flexible(false).from_writer(BufWriter::new(spool.reopen()?));
+        let keys = tempfile::Builder::new().prefix(".spool-keys-").tempfile_in(dir)?;
+        let keys_writer = BufWriter::new(keys.reopen()?);
+        // A little headroom for growth since the last run; the cap keeps a corrupt hint from asking for gigabytes.
+        let capacity = expected.saturating_add(expected / 16).min(1 << 26) as usize;
         Ok(Self {
             spool,
             writer: Some(writer),
+            keys,
+            keys_writer: Some(keys_writer),
             rows: 0,
             winners: RowSet::default(),
-            index: DigestMap::default(),
+            index: DigestMap::with_capacity_and_hasher(capacity, Default::default()),
             duplicates: 0,
             columns,
         })
@@ -176,6 +192,10 @@ impl Collected {
         writer.write_record(row)?;
         let (score, updated_at) = rank(row);
         let entry = Entry { row: self.rows, content: digest_row(row), score, updated_at };
+        let keys = self.keys_writer.as_mut().expect("push after finish");
+        keys.write_all(&(row[0].len() as u64).to_le_bytes())?;
+        keys.write_all(row[0].as_bytes())?;
+        keys.write_all(&entry.content.to_le_bytes())?;
         self.rows = self.rows.checked_add(1).ok_or_else(|| io::Error::other("more than 4 billion rows"))?;
         match self.index.entry(digest_key(&row[0])) {
             std::collections::hash_map::Entry::Vacant(slot) => {
@@ -194,12 +214,14 @@ impl Collected {
         Ok(())
     }
 
-    /// Flushes the spool; no rows can be added afterwards.
+    /// Flushes the spool; no rows can be added afterwards. The spool is read back through the page cache and
+    /// removed at the end of the run, so it is not synced to disk.
     pub fn finish(&mut self) -> io::Result<()> {
-        if let Some(writer) = self.writer.take() {
-            let mut inner = writer.into_inner().map_err(|e| e.into_error())?;
-            io::Write::flush(&mut inner)?;
-            inner.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        if let Some(mut writer) = self.writer.take() {
+            writer.flush()?;
+        }
+        if let Some(mut keys) = self.keys_writer.take() {
+            keys.flush()?;
         }
         Ok(())
     }
@@ -227,6 +249,42 @@ impl Collected {
     /// Every winning row, in the order ThreatQ gave them.
     pub fn all(&self) -> SpoolRows<'_> {
         self.select(self.winners.clone())
+    }
+
+    /// Each winning row's key and content digest, in the order of [`Collected::all`]: what the state file lists.
+    pub fn delivered(&self) -> impl Iterator<Item = io::Result<(Vec<u8>, ContentDigest)>> + '_ {
+        assert!(self.keys_writer.is_none(), "read the spool after finish()");
+        let mut reader: Option<BufReader<File>> = None;
+        let mut row = 0u32;
+        std::iter::from_fn(move || {
+            while row < self.rows {
+                let next = (|| -> io::Result<Option<(Vec<u8>, ContentDigest)>> {
+                    let reader = match &mut reader {
+                        Some(reader) => reader,
+                        None => reader.insert(BufReader::new(self.keys.reopen()?)),
+                    };
+                    let mut word = [0; 8];
+                    reader.read_exact(&mut word)?;
+                    let len = u64::from_le_bytes(word);
+                    let key = if self.winners.contains(row) {
+                        let mut key = vec![0; usize::try_from(len).map_err(io::Error::other)?];
+                        reader.read_exact(&mut key)?;
+                        Some(key)
+                    } else {
+                        reader.seek_relative(i64::try_from(len).map_err(io::Error::other)?)?;
+                        None
+                    };
+                    reader.read_exact(&mut word)?;
+                    Ok(key.map(|key| (key, u64::from_le_bytes(word))))
+                })();
+                // After an error the pass ends: the rest of the file cannot be trusted.
+                row = if next.is_err() { self.rows } else { row + 1 };
+                if let Some(found) = next.transpose() {
+                    return Some(found);
+                }
+            }
+            None
+        })
     }
 
     /// The spooled rows whose numbers are in `rows`.

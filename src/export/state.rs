@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::collect::{ContentDigest, DigestMap, KeyDigest, digest_key, digest_row};
+use super::collect::{Collected, ContentDigest, DigestMap, KeyDigest, digest_key, digest_row};
 use crate::devo::{Row, RowSource, Table, Target};
 use crate::file::{NO_FOLLOW, parent};
 
@@ -210,6 +210,32 @@ impl State {
         last_full_at: DateTime<Utc>,
         rows: &dyn RowSource,
     ) -> io::Result<()> {
+        let records = rows.rows().map(|row| {
+            let mut row = row?;
+            let content = digest_row(&row);
+            Ok((row.swap_remove(0).into_bytes(), content))
+        });
+        Self::write_records(path, target, last_full_at, rows.len(), records)
+    }
+
+    /// [`State::write`] for the rows of `collected` (every winning row, as a full replace or the changes left
+    /// Devo), from the keys and digests it noted while collecting: no row is read or hashed again.
+    pub fn write_collected(
+        path: &Path,
+        target: ContentDigest,
+        last_full_at: DateTime<Utc>,
+        collected: &Collected,
+    ) -> io::Result<()> {
+        Self::write_records(path, target, last_full_at, collected.unique(), collected.delivered())
+    }
+
+    fn write_records(
+        path: &Path,
+        target: ContentDigest,
+        last_full_at: DateTime<Utc>,
+        count: u64,
+        records: impl Iterator<Item = io::Result<(Vec<u8>, ContentDigest)>>,
+    ) -> io::Result<()> {
         crate::file::replace(path, 0o600, |file| {
             let mut out = BufWriter::new(file);
             let mut hasher = blake3::Hasher::new();
@@ -221,21 +247,20 @@ impl State {
             put(&VERSION.to_le_bytes())?;
             put(&target.to_le_bytes())?;
             put(&last_full_at.timestamp().to_le_bytes())?;
-            put(&rows.len().to_le_bytes())?;
+            put(&count.to_le_bytes())?;
             let mut written = 0u64;
-            for row in rows.rows() {
-                let row = row?;
-                let key = row[0].as_bytes();
+            for record in records {
+                let (key, content) = record?;
                 let len = u32::try_from(key.len())
                     .ok()
                     .filter(|l| *l <= MAX_KEY)
                     .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an IOC value is longer than 1 MiB"))?;
                 put(&len.to_le_bytes())?;
-                put(key)?;
-                put(&digest_row(&row).to_le_bytes())?;
+                put(&key)?;
+                put(&content.to_le_bytes())?;
                 written += 1;
             }
-            if written != rows.len() {
+            if written != count {
                 return Err(io::Error::other("the rows changed while the state was written"));
             }
             out.write_all(hasher.finalize().as_bytes())?;
@@ -369,6 +394,31 @@ mod tests {
         assert!(matches!(State::load(&path), Err(Unusable::Corrupt(_))));
         std::fs::write(&path, b"{\"json\": true}").unwrap();
         assert!(matches!(State::load(&path), Err(Unusable::Corrupt(_))));
+    }
+
+    /// The state written from what collecting noted is the very file that reading the rows back gives.
+    #[test]
+    fn the_state_of_a_collection_needs_no_second_read_of_its_rows() {
+        use crate::export::COLUMNS;
+        let dir = tempfile::tempdir().unwrap();
+        let row = |key: &str, score: &str| {
+            let mut r = vec![String::new(); COLUMNS.len()];
+            (r[0], r[3], r[5]) = (key.to_owned(), score.to_owned(), format!("{key}{score}"));
+            r
+        };
+        let mut collected = Collected::new(dir.path(), COLUMNS.len()).unwrap();
+        for r in [row("a", "1"), row("b\n,\"", "2"), row("a", "5"), row("日本", "0"), row("b\n,\"", "1")] {
+            collected.push(&r).unwrap();
+        }
+        collected.finish().unwrap();
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let (read_back, noted) = (dir.path().join("read.state"), dir.path().join("noted.state"));
+        State::write(&read_back, 9, at, &collected.all()).unwrap();
+        State::write_collected(&noted, 9, at, &collected).unwrap();
+        assert_eq!(std::fs::read(&noted).unwrap(), std::fs::read(&read_back).unwrap());
+        let state = State::load(&noted).unwrap();
+        assert_eq!(state.len(), 3);
+        assert_eq!(state.content(digest_key("a")), Some(digest_row(&row("a", "5"))));
     }
 
     #[test]

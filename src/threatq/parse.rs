@@ -3,39 +3,24 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de};
 use serde_json::Value;
 
 use super::{ConnectorRecord, DataCollection, Error, FieldDef, Indicator};
 
 /// A scalar ThreatQ may send as a string, a number or a boolean; kept as the text it was.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Text {
-    Str(String),
-    Num(serde_json::Number),
-    Bool(bool),
-}
+struct Text(String);
 
 impl From<Text> for String {
     fn from(text: Text) -> String {
-        match text {
-            Text::Str(s) => s,
-            Text::Num(n) => n.to_string(),
-            Text::Bool(b) => b.to_string(),
-        }
+        text.0
     }
 }
 
 /// `"IP Address"` or `{"id": 15, "name": "IP Address", ...}`: types, statuses, tags, sources, adversaries.
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum Named {
     Plain(String),
-    Object {
-        #[serde(default)]
-        name: Option<String>,
-    },
+    Object { name: Option<String> },
 }
 
 impl Named {
@@ -48,16 +33,9 @@ impl Named {
 }
 
 /// `7`, `"6.50"` or `{"generated_score": "6.50", "manual_score": null}`.
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum Score {
     Plain(Text),
-    Object {
-        #[serde(default)]
-        generated_score: Option<Text>,
-        #[serde(default)]
-        manual_score: Option<Text>,
-    },
+    Object { generated_score: Option<Text>, manual_score: Option<Text> },
 }
 
 impl Score {
@@ -70,6 +48,114 @@ impl Score {
         }
     }
 }
+
+/// The shapes above, read by hand rather than as `#[serde(untagged)]` enums: those buffer each value (and every
+/// field of every tag, source and adversary object) before trying the shapes in turn, which was most of the cost
+/// of decoding a page. What is accepted and refused is the same.
+trait Shape: Sized {
+    const EXPECTING: &'static str;
+    /// A string (`quoted`) or a number or boolean, as text.
+    fn scalar(text: String, quoted: bool) -> Option<Self>;
+    /// An object, `None` if this shape has none.
+    fn object<'de, A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>>;
+}
+
+struct ShapeVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Shape> de::Visitor<'de> for ShapeVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        self.visit_string(v.to_owned())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<T, E> {
+        T::scalar(v, true).ok_or_else(|| E::invalid_type(de::Unexpected::Other("a string"), &self))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        T::scalar(serde_json::Number::from(v).to_string(), false)
+            .ok_or_else(|| E::invalid_type(de::Unexpected::Unsigned(v), &self))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        T::scalar(serde_json::Number::from(v).to_string(), false)
+            .ok_or_else(|| E::invalid_type(de::Unexpected::Signed(v), &self))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        serde_json::Number::from_f64(v)
+            .and_then(|n| T::scalar(n.to_string(), false))
+            .ok_or_else(|| E::invalid_type(de::Unexpected::Float(v), &self))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        T::scalar(v.to_string(), false).ok_or_else(|| E::invalid_type(de::Unexpected::Bool(v), &self))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::object(map).unwrap_or_else(|| Err(de::Error::invalid_type(de::Unexpected::Map, &self)))
+    }
+}
+
+/// Reads an object's fields named in `wanted` (each at most once) and skips the others.
+fn fields<'de, A: de::MapAccess<'de>, V: Deserialize<'de>, const N: usize>(
+    mut map: A,
+    wanted: [&'static str; N],
+) -> Result<[Option<V>; N], A::Error> {
+    let mut values: [Option<Option<V>>; N] = std::array::from_fn(|_| None);
+    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        match wanted.iter().position(|w| *w == key) {
+            Some(i) if values[i].is_some() => return Err(de::Error::duplicate_field(wanted[i])),
+            Some(i) => values[i] = Some(map.next_value()?),
+            None => {
+                map.next_value::<de::IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(values.map(Option::flatten))
+}
+
+impl Shape for Text {
+    const EXPECTING: &'static str = "a string, a number or a boolean";
+    fn scalar(text: String, _: bool) -> Option<Self> {
+        Some(Text(text))
+    }
+    fn object<'de, A: de::MapAccess<'de>>(_: A) -> Option<Result<Self, A::Error>> {
+        None
+    }
+}
+
+impl Shape for Named {
+    const EXPECTING: &'static str = "a name, or an object with a name";
+    fn scalar(text: String, quoted: bool) -> Option<Self> {
+        quoted.then_some(Named::Plain(text))
+    }
+    fn object<'de, A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
+        Some(fields(map, ["name"]).map(|[name]| Named::Object { name }))
+    }
+}
+
+impl Shape for Score {
+    const EXPECTING: &'static str = "a score, or an object with generated_score and manual_score";
+    fn scalar(text: String, _: bool) -> Option<Self> {
+        Some(Score::Plain(Text(text)))
+    }
+    fn object<'de, A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
+        Some(
+            fields(map, ["generated_score", "manual_score"])
+                .map(|[generated_score, manual_score]| Score::Object { generated_score, manual_score }),
+        )
+    }
+}
+
+macro_rules! deserialize_by_shape {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(ShapeVisitor(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+deserialize_by_shape!(Text, Named, Score);
 
 #[derive(Deserialize)]
 struct RawAttribute {
@@ -334,6 +420,32 @@ mod tests {
         assert_eq!(score(json!({"generated_score": "6.50", "manual_score": ""})), Some("6.50".into()));
         assert_eq!(score(json!({"generated_score": 3.25})), Some("3.25".into()));
         assert_eq!(score(json!(null)), None);
+    }
+
+    /// Read from the text as pages are, the shapes take what they took as untagged enums and refuse the rest.
+    #[test]
+    fn shapes_read_from_text_accept_and_refuse_as_before() {
+        let parse = |json: &str| serde_json::from_str::<RawIndicator>(json).map(Indicator::from);
+        let ioc = parse(
+            r#"{"id": 2, "value": 12.5, "type": {"id": 3, "name": "IP Address", "extra": {"name": 1}},
+                "status": {"id": 1}, "score": {"generated_score": true, "other": [1, {}]},
+                "tags": ["x", {"name": null}, {"name": "y\u00e9", "meta": null}], "related_adversary_count": "4"}"#,
+        )
+        .unwrap();
+        assert_eq!((ioc.value.as_str(), ioc.type_name.as_str(), ioc.status.as_str()), ("12.5", "IP Address", ""));
+        assert_eq!(
+            (ioc.score.as_deref(), ioc.tags, ioc.related_adversary_count),
+            (Some("true"), vec!["x".to_owned(), "yé".to_owned()], Some(4))
+        );
+        for refused in [
+            r#"{"id": 1, "type": 5}"#,
+            r#"{"id": 1, "type": {"name": 5}}"#,
+            r#"{"id": 1, "tags": [{"name": "a", "name": "b"}]}"#,
+            r#"{"id": 1, "value": {"v": 1}}"#,
+            r#"{"id": 1, "score": {"manual_score": {}}}"#,
+        ] {
+            assert!(parse(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]
