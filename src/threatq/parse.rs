@@ -253,11 +253,8 @@ pub fn parse_is_active(value: &Value) -> Option<bool> {
         Value::Null => Some(false),
         Value::Bool(b) => Some(*b),
         Value::Number(n) => n.as_f64().map(|f| f != 0.0),
-        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "y" | "yes" | "true" | "1" | "on" => Some(true),
-            "n" | "no" | "false" | "0" | "off" | "" => Some(false),
-            _ => None,
-        },
+        Value::String(s) if s.trim().is_empty() => Some(false),
+        Value::String(s) => crate::field::parse_bool(s),
         Value::Array(_) | Value::Object(_) => None,
     }
 }

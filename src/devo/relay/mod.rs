@@ -314,7 +314,7 @@ impl RelayUploader {
                     io::Error::new(io::ErrorKind::TimedOut, "no TCP connection within the progress timeout")
                 })??;
         tcp.set_nodelay(true)?;
-        let progress = Progress::new(tcp.as_raw_fd(), config.progress_timeout);
+        let progress = DeliveryMeter::new(tcp.as_raw_fd(), config.progress_timeout);
         let watched = Watched { inner: tcp, written: progress.written.clone(), read: progress.read.clone() };
         let connector = TlsConnector::from(config.tls.clone());
         let tls = progress
@@ -534,7 +534,7 @@ type Tls = TlsStream<Watched>;
 struct Connection {
     writer: WriteHalf<Tls>,
     closed: JoinHandle<io::Result<()>>,
-    progress: Progress,
+    progress: DeliveryMeter,
 }
 
 impl Connection {
@@ -582,14 +582,14 @@ async fn wait_for_close(mut reader: ReadHalf<Tls>) -> io::Result<()> {
 /// Bytes the relay has taken: what its TCP stack acknowledged (written minus what still waits in our send queue)
 /// plus what it sent. Counting acknowledgements rather than accepted writes keeps a slow reader from looking stuck
 /// while the kernel's large send buffer drains, and lets the wait for EOF see the last bytes leave.
-struct Progress {
+struct DeliveryMeter {
     fd: RawFd,
     written: Arc<AtomicU64>,
     read: Arc<AtomicU64>,
     timeout: Duration,
 }
 
-impl Progress {
+impl DeliveryMeter {
     fn new(fd: RawFd, timeout: Duration) -> Self {
         Self { fd, written: Arc::default(), read: Arc::default(), timeout }
     }
@@ -624,7 +624,7 @@ impl Progress {
     }
 }
 
-/// The TCP stream, counting the bytes that cross it for [`Progress`].
+/// The TCP stream, counting the bytes that cross it for [`DeliveryMeter`].
 struct Watched {
     inner: TcpStream,
     written: Arc<AtomicU64>,
