@@ -136,8 +136,7 @@ where
 
     let dir = state_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let spool_error = |e| Error::io(format!("writing the row spool in {}", dir.display()), e);
-    let expected = state.as_ref().map_or(0, State::len);
-    let mut collected = Collected::sized(dir, table.columns.len(), expected).map_err(spool_error)?;
+    let mut collected = Collected::new(dir, table.columns.len()).map_err(spool_error)?;
     let mut pages = std::pin::pin!(pages);
     while let Some(page) = pages.next().await {
         for ioc in page? {
@@ -147,13 +146,14 @@ where
     }
     collected.finish().map_err(spool_error)?;
 
-    let mut plan = Plan::new(&collected, state.as_ref(), full);
+    let mut plan = Plan::new(&collected, state.as_ref(), full)
+        .map_err(|e| Error::io(format!("comparing the rows with the delivered state {}", state_path.display()), e))?;
     if !options.allow_mass_delete {
         // Without a state the plan knows nothing of the lookup: a replace must not empty it unseen.
         plan.reported_by_devo(inspection.rows);
         plan.check(collected.unique(), settings.max_delete_percent)?;
     }
-    let deletions = state.as_ref().map(|s| s.deletions(collected.index(), table.columns.len()));
+    let deletions = state.as_ref().map(|s| plan.deletions(s, &collected, table.columns.len()));
     // After a target change the state describes another lookup: to this one, every row is new.
     let new_target = plan.action == Action::Full(FullReason::TargetChanged);
     let mut summary = Summary {

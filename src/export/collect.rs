@@ -1,53 +1,40 @@
-//! Gathers the mapped rows of one run without keeping them in memory: rows go to a spool file on disk, and a
-//! compact index (a fixed-size digest per IOC value) decides which of two rows with the same value wins.
+//! Gathers the mapped rows of one run in memory that stays flat however large the collection: rows go to a spool
+//! file on disk, and what decides duplicates (each row's key digest and rank) is sorted in bounded runs on disk
+//! and merged, so that the winners come out ordered by key digest, the order of the state file. The plan and the
+//! state then compare and copy sorted files instead of holding a table of every IOC.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use std::fs::File;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::io::{self, BufReader, BufWriter, Read as _, Write as _};
+use std::io::{self, BufReader, BufWriter, Read, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
 
-use chrono::NaiveDateTime;
+use chrono::{NaiveDate, NaiveDateTime};
 
 use crate::devo::{Row, RowSource};
 
 use super::map::{SCORE, UPDATED_AT};
 
-/// An IOC value's digest: 128 bits of BLAKE3, kept as two words so that index slots need no 16-byte alignment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An IOC value's digest: 128 bits of BLAKE3, ordered as the state file and the merged winners are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyDigest([u64; 2]);
 
-impl Hash for KeyDigest {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already uniform: one word is a perfect hash for the table.
-        state.write_u64(self.0[0]);
+impl KeyDigest {
+    fn to_bytes(self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.0[0].to_be_bytes());
+        bytes[8..].copy_from_slice(&self.0[1].to_be_bytes());
+        bytes
+    }
+
+    fn from_bytes(bytes: [u8; 16]) -> KeyDigest {
+        let word = |i: usize| u64::from_be_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        KeyDigest([word(0), word(1)])
     }
 }
 
 /// A row's content digest: 64 bits of BLAKE3; a change goes unnoticed with probability 2^-64.
 pub type ContentDigest = u64;
-
-/// Hashes a [`KeyDigest`] by taking its first word as it is; nothing else is hashed with it.
-#[derive(Default)]
-pub struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached if something other than a digest is hashed: fold the bytes so it still works.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// A map keyed by IOC digests: 40 bytes a slot for the index, 24 for the state.
-pub type DigestMap<V> = HashMap<KeyDigest, V, BuildHasherDefault<PassThrough>>;
 
 pub fn digest_key(key: &str) -> KeyDigest {
     let bytes = blake3::hash(key.as_bytes());
@@ -84,16 +71,6 @@ impl RowSet {
         }
     }
 
-    pub fn remove(&mut self, n: u32) {
-        let (word, bit) = (n as usize / 64, n % 64);
-        if let Some(w) = self.words.get_mut(word)
-            && *w & (1 << bit) != 0
-        {
-            *w &= !(1 << bit);
-            self.len -= 1;
-        }
-    }
-
     pub fn contains(&self, n: u32) -> bool {
         self.words.get(n as usize / 64).is_some_and(|w| w & (1 << (n % 64)) != 0)
     }
@@ -104,6 +81,12 @@ impl RowSet {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The highest row number in the set.
+    fn last(&self) -> Option<u32> {
+        let (i, word) = self.words.iter().enumerate().rev().find(|(_, w)| **w != 0)?;
+        Some(i as u32 * 64 + 63 - word.leading_zeros())
     }
 
     pub fn union(&self, other: &RowSet) -> RowSet {
@@ -117,112 +100,242 @@ impl RowSet {
     }
 }
 
-/// What the index keeps of the row that currently wins for one IOC value.
-#[derive(Clone, Copy, Debug)]
-pub struct Entry {
-    /// Row number in the spool.
-    pub row: u32,
+/// What sorting keeps of one row: its key's digest, where it is in the spool, what the duplicate rule compares,
+/// and its content digest (what the state file holds of it, with the key itself).
+#[derive(Clone, Copy, Debug, Default)]
+struct Noted {
+    key: KeyDigest,
+    row: u32,
     score: f32,
     updated_at: i64,
-    pub content: ContentDigest,
+    content: ContentDigest,
 }
 
-impl Entry {
-    /// The duplicate rule: the highest score wins, then the newest `updated_at`; on a tie the first seen stays.
-    fn beats(&self, other: &Entry) -> bool {
-        (self.score, self.updated_at) > (other.score, other.updated_at)
+impl Noted {
+    /// Size of the fixed part of a sorted-run record; the key's bytes follow it.
+    const BYTES: usize = 16 + 4 + 4 + 8 + 8 + 4;
+
+    /// The order of sorted runs: by key digest, and within one key the row that wins first. The duplicate rule:
+    /// the highest score wins, then the newest `updated_at`; on a tie the first seen stays.
+    fn order(&self, other: &Noted) -> Ordering {
+        self.key
+            .cmp(&other.key)
+            .then_with(|| other.score.total_cmp(&self.score))
+            .then_with(|| other.updated_at.cmp(&self.updated_at))
+            .then_with(|| self.row.cmp(&other.row))
+    }
+
+    fn write(&self, key: &[u8], out: &mut impl io::Write) -> io::Result<()> {
+        let mut fixed = [0; Self::BYTES];
+        fixed[..16].copy_from_slice(&self.key.to_bytes());
+        fixed[16..20].copy_from_slice(&self.row.to_le_bytes());
+        fixed[20..24].copy_from_slice(&self.score.to_le_bytes());
+        fixed[24..32].copy_from_slice(&self.updated_at.to_le_bytes());
+        fixed[32..40].copy_from_slice(&self.content.to_le_bytes());
+        fixed[40..44].copy_from_slice(&key_len(key)?.to_le_bytes());
+        out.write_all(&fixed)?;
+        out.write_all(key)
+    }
+
+    /// Reads one record into `key`; `None` at the end of the run.
+    fn read(input: &mut impl io::BufRead, key: &mut Vec<u8>) -> io::Result<Option<Noted>> {
+        if input.fill_buf()?.is_empty() {
+            return Ok(None);
+        }
+        let mut fixed = [0; Self::BYTES];
+        input.read_exact(&mut fixed)?;
+        let field = |at: usize| -> [u8; 8] { fixed[at..at + 8].try_into().expect("8 bytes") };
+        let noted = Noted {
+            key: KeyDigest::from_bytes(fixed[..16].try_into().expect("16 bytes")),
+            row: u32::from_le_bytes(fixed[16..20].try_into().expect("4 bytes")),
+            score: f32::from_le_bytes(fixed[20..24].try_into().expect("4 bytes")),
+            updated_at: i64::from_le_bytes(field(24)),
+            content: u64::from_le_bytes(field(32)),
+        };
+        read_key(input, u32::from_le_bytes(fixed[40..44].try_into().expect("4 bytes")), key)?;
+        Ok(Some(noted))
     }
 }
 
+fn key_len(key: &[u8]) -> io::Result<u32> {
+    u32::try_from(key.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an IOC value of 4 GiB or more"))
+}
+
+fn read_key(input: &mut impl Read, len: u32, key: &mut Vec<u8>) -> io::Result<()> {
+    key.clear();
+    key.resize(len as usize, 0);
+    input.read_exact(key)
+}
+
+/// The rank of a row for the duplicate rule: its score, then its `updated_at` in unix seconds (ThreatQ's
+/// `YYYY-MM-DD HH:MM:SS`, read without a format parser when it has exactly that shape).
 fn rank(row: &[String]) -> (f32, i64) {
     let score = row[SCORE].trim().parse::<f32>().ok().filter(|s| s.is_finite()).unwrap_or(f32::NEG_INFINITY);
-    let updated = NaiveDateTime::parse_from_str(row[UPDATED_AT].trim(), "%Y-%m-%d %H:%M:%S")
-        .map(|t| t.and_utc().timestamp())
-        .unwrap_or(i64::MIN);
+    let updated = row[UPDATED_AT].trim();
+    let updated = canonical_time(updated)
+        .or_else(|| NaiveDateTime::parse_from_str(updated, "%Y-%m-%d %H:%M:%S").ok())
+        .map_or(i64::MIN, |t| t.and_utc().timestamp());
     (score, updated)
 }
+
+fn canonical_time(text: &str) -> Option<NaiveDateTime> {
+    let b = text.as_bytes();
+    if b.len() != 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |n, d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+    };
+    NaiveDate::from_ymd_opt(i32::try_from(number(0..4)?).ok()?, number(5..7)?, number(8..10)?)?.and_hms_opt(
+        number(11..13)?,
+        number(14..16)?,
+        number(17..19)?,
+    )
+}
+
+/// Bytes of noted rows sorted in memory before they go to disk as one run: the memory collecting needs, whatever
+/// the collection's size.
+const RUN_BYTES: usize = 2 << 20;
+/// Read buffer of each run while merging; runs are RUN_BYTES each, so a million rows make ~40 of them.
+const MERGE_BUFFER: usize = 32 << 10;
 
 /// The rows of one run: spooled to disk, deduplicated by value.
 pub struct Collected {
     spool: tempfile::NamedTempFile,
     writer: Option<csv::Writer<BufWriter<File>>>,
-    /// Beside the rows, each row's key and content digest (what the state file holds of it), so that the state
-    /// is written by copying bytes, without parsing and hashing the rows again.
-    keys: tempfile::NamedTempFile,
-    keys_writer: Option<BufWriter<File>>,
+    /// Noted rows, sorted run by run: each run's records are ordered by [`Noted::order`].
+    runs: tempfile::NamedTempFile,
+    runs_writer: Option<BufWriter<File>>,
+    /// Byte ranges of the runs in `runs`.
+    run_spans: Vec<(u64, u64)>,
+    /// The run being gathered, with its keys' bytes (offset and length into `run_keys`), and its size limit.
+    run: Vec<(Noted, u32, u32)>,
+    run_bytes: usize,
+    run_keys: Vec<u8>,
+    /// After [`Collected::finish`]: the winning row of each value, ordered by key digest.
+    winners_file: tempfile::NamedTempFile,
     rows: u32,
     winners: RowSet,
-    index: DigestMap<Entry>,
     duplicates: u64,
     columns: usize,
+}
+
+/// One value's winning row, as the merge gives it: the key digest, its spool row, its content digest and the key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Winner {
+    pub digest: KeyDigest,
+    pub row: u32,
+    pub content: ContentDigest,
+    pub key: Vec<u8>,
 }
 
 impl Collected {
     /// Starts an empty spool in `dir` (the instance's state directory, so it sits on the same disk).
     pub fn new(dir: &Path, columns: usize) -> io::Result<Self> {
-        Self::sized(dir, columns, 0)
-    }
-
-    /// [`Collected::new`] for about `expected` values (e.g. as many as the delivered state holds): the index is
-    /// sized up front, so that it does not grow by doubling, with the old and the new table alive at once.
-    pub fn sized(dir: &Path, columns: usize, expected: u64) -> io::Result<Self> {
-        let spool = tempfile::Builder::new().prefix(".spool-").tempfile_in(dir)?;
+        let temp = |prefix: &str| tempfile::Builder::new().prefix(prefix).tempfile_in(dir);
+        let spool = temp(".spool-")?;
         let writer = csv::WriterBuilder::new().flexible(false).from_writer(BufWriter::new(spool.reopen()?));
-        let keys = tempfile::Builder::new().prefix(".spool-keys-").tempfile_in(dir)?;
-        let keys_writer = BufWriter::new(keys.reopen()?);
-        // A little headroom for growth since the last run; the cap keeps a corrupt hint from asking for gigabytes.
-        let capacity = expected.saturating_add(expected / 16).min(1 << 26) as usize;
+        let runs = temp(".spool-runs-")?;
+        let runs_writer = BufWriter::new(runs.reopen()?);
         Ok(Self {
             spool,
             writer: Some(writer),
-            keys,
-            keys_writer: Some(keys_writer),
+            runs,
+            runs_writer: Some(runs_writer),
+            run_spans: Vec::new(),
+            run: Vec::new(),
+            run_bytes: RUN_BYTES,
+            run_keys: Vec::new(),
+            winners_file: temp(".spool-winners-")?,
             rows: 0,
             winners: RowSet::default(),
-            index: DigestMap::with_capacity_and_hasher(capacity, Default::default()),
             duplicates: 0,
             columns,
         })
     }
 
     /// Adds one mapped row (key first).
-    pub fn push(&mut self, row: &Row) -> io::Result<()> {
+    pub fn push(&mut self, row: &[String]) -> io::Result<()> {
         debug_assert_eq!(row.len(), self.columns);
         let writer = self.writer.as_mut().expect("push after finish");
         writer.write_record(row)?;
         let (score, updated_at) = rank(row);
-        let entry = Entry { row: self.rows, content: digest_row(row), score, updated_at };
-        let keys = self.keys_writer.as_mut().expect("push after finish");
-        keys.write_all(&(row[0].len() as u64).to_le_bytes())?;
-        keys.write_all(row[0].as_bytes())?;
-        keys.write_all(&entry.content.to_le_bytes())?;
+        let key = row[0].as_bytes();
+        let noted = Noted { key: digest_key(&row[0]), row: self.rows, score, updated_at, content: digest_row(row) };
+        let offset = u32::try_from(self.run_keys.len()).expect("runs are flushed long before 4 GiB");
+        self.run.push((noted, offset, key_len(key)?));
+        self.run_keys.extend_from_slice(key);
         self.rows = self.rows.checked_add(1).ok_or_else(|| io::Error::other("more than 4 billion rows"))?;
-        match self.index.entry(digest_key(&row[0])) {
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(entry);
-                self.winners.insert(entry.row);
-            }
-            std::collections::hash_map::Entry::Occupied(mut slot) => {
-                self.duplicates += 1;
-                if entry.beats(slot.get()) {
-                    self.winners.remove(slot.get().row);
-                    self.winners.insert(entry.row);
-                    slot.insert(entry);
-                }
-            }
+        if self.run_keys.len() + self.run.len() * size_of::<(Noted, u32, u32)>() >= self.run_bytes {
+            self.flush_run()?;
         }
         Ok(())
     }
 
-    /// Flushes the spool; no rows can be added afterwards. The spool is read back through the page cache and
-    /// removed at the end of the run, so it is not synced to disk.
+    /// Sorts the run gathered so far and appends it to the runs file.
+    fn flush_run(&mut self) -> io::Result<()> {
+        if self.run.is_empty() {
+            return Ok(());
+        }
+        self.run.sort_unstable_by(|a, b| a.0.order(&b.0));
+        let out = self.runs_writer.as_mut().expect("flush after finish");
+        let start = self.run_spans.last().map_or(0, |(_, end)| *end);
+        let mut written = 0u64;
+        for (noted, offset, len) in &self.run {
+            let key = &self.run_keys[*offset as usize..(*offset + *len) as usize];
+            noted.write(key, out)?;
+            written += (Noted::BYTES + key.len()) as u64;
+        }
+        self.run_spans.push((start, start + written));
+        self.run.clear();
+        self.run_keys.clear();
+        Ok(())
+    }
+
+    /// Ends collecting: flushes the spool, and merges the sorted runs into the winners, one per value in key
+    /// digest order (the first of each value's rows in merge order; the others are duplicates). The spool is read
+    /// back through the page cache and removed at the end of the run, so nothing is synced to disk.
     pub fn finish(&mut self) -> io::Result<()> {
-        if let Some(mut writer) = self.writer.take() {
-            writer.flush()?;
+        let Some(mut writer) = self.writer.take() else { return Ok(()) };
+        writer.flush()?;
+        self.flush_run()?;
+        let mut runs_writer = self.runs_writer.take().expect("open until finish");
+        runs_writer.flush()?;
+        drop(runs_writer);
+        self.run = Vec::new();
+        self.run_keys = Vec::new();
+
+        let mut heads = BinaryHeap::new();
+        let mut readers = Vec::with_capacity(self.run_spans.len());
+        for (run, (start, end)) in self.run_spans.iter().enumerate() {
+            let mut file = self.runs.reopen()?;
+            file.seek(SeekFrom::Start(*start))?;
+            let mut reader = BufReader::with_capacity(MERGE_BUFFER, file.take(end - start));
+            let mut key = Vec::new();
+            if let Some(noted) = Noted::read(&mut reader, &mut key)? {
+                heads.push(Head { noted, key, run });
+            }
+            readers.push(reader);
         }
-        if let Some(mut keys) = self.keys_writer.take() {
-            keys.flush()?;
+        let mut out = BufWriter::new(self.winners_file.reopen()?);
+        let mut last: Option<KeyDigest> = None;
+        while let Some(mut head) = heads.pop() {
+            if last == Some(head.noted.key) {
+                self.duplicates += 1;
+            } else {
+                last = Some(head.noted.key);
+                self.winners.insert(head.noted.row);
+                let Noted { key: digest, row, content, .. } = head.noted;
+                write_winner(&mut out, digest, row, content, &head.key)?;
+            }
+            if let Some(noted) = Noted::read(&mut readers[head.run], &mut head.key)? {
+                head.noted = noted;
+                heads.push(head);
+            }
         }
+        out.flush()?;
+        // The runs are merged: give their disk space back now.
+        self.runs.as_file().set_len(0)?;
         Ok(())
     }
 
@@ -241,49 +354,31 @@ impl Collected {
         self.duplicates
     }
 
-    /// The winning row of each value, by key digest.
-    pub fn index(&self) -> &DigestMap<Entry> {
-        &self.index
-    }
-
     /// Every winning row, in the order ThreatQ gave them.
     pub fn all(&self) -> SpoolRows<'_> {
         self.select(self.winners.clone())
     }
 
-    /// Each winning row's key and content digest, in the order of [`Collected::all`]: what the state file lists.
-    pub fn delivered(&self) -> impl Iterator<Item = io::Result<(Vec<u8>, ContentDigest)>> + '_ {
-        assert!(self.keys_writer.is_none(), "read the spool after finish()");
+    /// The winning row of each value, ordered by key digest: what the plan compares with the state, and what the
+    /// next state lists.
+    pub fn winners(&self) -> impl Iterator<Item = io::Result<Winner>> + '_ {
+        assert!(self.writer.is_none(), "read the winners after finish()");
         let mut reader: Option<BufReader<File>> = None;
-        let mut row = 0u32;
+        let mut done = false;
         std::iter::from_fn(move || {
-            while row < self.rows {
-                let next = (|| -> io::Result<Option<(Vec<u8>, ContentDigest)>> {
-                    let reader = match &mut reader {
-                        Some(reader) => reader,
-                        None => reader.insert(BufReader::new(self.keys.reopen()?)),
-                    };
-                    let mut word = [0; 8];
-                    reader.read_exact(&mut word)?;
-                    let len = u64::from_le_bytes(word);
-                    let key = if self.winners.contains(row) {
-                        let mut key = vec![0; usize::try_from(len).map_err(io::Error::other)?];
-                        reader.read_exact(&mut key)?;
-                        Some(key)
-                    } else {
-                        reader.seek_relative(i64::try_from(len).map_err(io::Error::other)?)?;
-                        None
-                    };
-                    reader.read_exact(&mut word)?;
-                    Ok(key.map(|key| (key, u64::from_le_bytes(word))))
-                })();
-                // After an error the pass ends: the rest of the file cannot be trusted.
-                row = if next.is_err() { self.rows } else { row + 1 };
-                if let Some(found) = next.transpose() {
-                    return Some(found);
-                }
+            if done {
+                return None;
             }
-            None
+            let next = (|| {
+                let reader = match &mut reader {
+                    Some(reader) => reader,
+                    None => reader.insert(BufReader::new(self.winners_file.reopen()?)),
+                };
+                read_winner(reader)
+            })();
+            // The pass ends at the end of the file, or after an error: the rest of the file cannot be trusted.
+            done = !matches!(next, Ok(Some(_)));
+            next.transpose()
         })
     }
 
@@ -294,7 +389,66 @@ impl Collected {
     }
 }
 
-/// A [`RowSource`] over part of the spool; every `rows()` call reads the file again from the start.
+/// The head of one sorted run while merging; the heap pops the record first in [`Noted::order`].
+struct Head {
+    noted: Noted,
+    key: Vec<u8>,
+    run: usize,
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.noted.order(&self.noted)
+    }
+}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Head {}
+
+/// A winners-file record: key digest, spool row, content digest, the key's length and bytes.
+fn write_winner(
+    out: &mut impl io::Write,
+    digest: KeyDigest,
+    row: u32,
+    content: ContentDigest,
+    key: &[u8],
+) -> io::Result<()> {
+    out.write_all(&digest.to_bytes())?;
+    out.write_all(&row.to_le_bytes())?;
+    out.write_all(&content.to_le_bytes())?;
+    out.write_all(&key_len(key)?.to_le_bytes())?;
+    out.write_all(key)
+}
+
+fn read_winner(input: &mut impl io::BufRead) -> io::Result<Option<Winner>> {
+    if input.fill_buf()?.is_empty() {
+        return Ok(None);
+    }
+    let mut fixed = [0; 16 + 4 + 8 + 4];
+    input.read_exact(&mut fixed)?;
+    let mut winner = Winner {
+        digest: KeyDigest::from_bytes(fixed[..16].try_into().expect("16 bytes")),
+        row: u32::from_le_bytes(fixed[16..20].try_into().expect("4 bytes")),
+        content: u64::from_le_bytes(fixed[20..28].try_into().expect("8 bytes")),
+        key: Vec::new(),
+    };
+    read_key(input, u32::from_le_bytes(fixed[28..32].try_into().expect("4 bytes")), &mut winner.key)?;
+    Ok(Some(winner))
+}
+
+/// A [`RowSource`] over part of the spool; every `rows()` call reads the file again from the start, up to the
+/// last row wanted.
 pub struct SpoolRows<'a> {
     spool: &'a tempfile::NamedTempFile,
     rows: RowSet,
@@ -302,6 +456,7 @@ pub struct SpoolRows<'a> {
 
 impl RowSource for SpoolRows<'_> {
     fn rows(&self) -> Box<dyn Iterator<Item = io::Result<Row>> + Send + '_> {
+        let Some(last) = self.rows.last() else { return Box::new(std::iter::empty()) };
         // A fresh handle, so each pass starts at the beginning and passes do not share an offset.
         let file = match self.spool.reopen() {
             Ok(f) => f,
@@ -311,10 +466,20 @@ impl RowSource for SpoolRows<'_> {
         let wanted = &self.rows;
         Box::new(
             reader
-                .into_records()
+                .into_byte_records()
+                .take(last as usize + 1)
                 .enumerate()
                 .filter(move |(n, _)| wanted.contains(*n as u32))
-                .map(|(_, record)| record.map(|r| r.iter().map(str::to_owned).collect()).map_err(io::Error::from)),
+                .map(|(_, record)| {
+                    let record = record.map_err(io::Error::from)?;
+                    record
+                        .iter()
+                        .map(|field| {
+                            String::from_utf8(field.to_vec())
+                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                        })
+                        .collect()
+                }),
         )
     }
 
@@ -386,12 +551,88 @@ mod tests {
 }
 
 #[cfg(test)]
-mod layout {
+mod merge {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::export::COLUMNS;
+
+    fn row(key: &str, score: Option<u8>, day: u8) -> Row {
+        let mut r = vec![String::new(); COLUMNS.len()];
+        r[0] = key.to_owned();
+        r[SCORE] = score.map(|s| s.to_string()).unwrap_or_default();
+        r[UPDATED_AT] = if day == 0 { "never".into() } else { format!("2024-01-{day:02} 00:00:00") };
+        r
+    }
+
+    proptest! {
+        /// However the rows fall into sorted runs, the merge picks each value's winner by the duplicate rule (the
+        /// model: a plain scan keeping the best row so far), counts the rest as duplicates, and lists the winners
+        /// in key digest order with the key and the content digest of their row.
+        #[test]
+        fn the_merge_of_sorted_runs_keeps_the_rule_s_winner_of_each_value(
+            rows in prop::collection::vec(("[a-f]{1,2}", prop::option::of(0u8..4), 0u8..4), 0..120),
+            run_bytes in 100usize..3000,
+        ) {
+            let rows: Vec<Row> = rows.iter().map(|(k, s, d)| row(k, *s, *d)).collect();
+            let dir = tempfile::tempdir().unwrap();
+            let mut collected = Collected::new(dir.path(), COLUMNS.len()).unwrap();
+            collected.run_bytes = run_bytes;
+            for r in &rows {
+                collected.push(r).unwrap();
+            }
+            collected.finish().unwrap();
+
+            let mut best: BTreeMap<&str, (usize, (f32, i64))> = BTreeMap::new();
+            for (n, r) in rows.iter().enumerate() {
+                let rank = rank(r);
+                best.entry(&r[0])
+                    .and_modify(|(at, kept)| if rank > *kept { (*at, *kept) = (n, rank) })
+                    .or_insert((n, rank));
+            }
+            let mut expected: Vec<Winner> = best
+                .iter()
+                .map(|(key, (n, _))| Winner {
+                    digest: digest_key(key),
+                    row: *n as u32,
+                    content: digest_row(&rows[*n]),
+                    key: key.as_bytes().to_vec(),
+                })
+                .collect();
+            expected.sort_by_key(|w| w.digest);
+            let winners: Vec<Winner> = collected.winners().collect::<io::Result<_>>().unwrap();
+            prop_assert_eq!(&winners, &expected);
+            prop_assert_eq!(collected.unique(), expected.len() as u64);
+            prop_assert_eq!(collected.duplicates(), (rows.len() - expected.len()) as u64);
+            let in_order: Vec<Row> = collected.all().rows().collect::<io::Result<_>>().unwrap();
+            let mut kept: Vec<usize> = best.values().map(|(n, _)| *n).collect();
+            kept.sort();
+            prop_assert_eq!(in_order, kept.iter().map(|n| rows[*n].clone()).collect::<Vec<_>>());
+        }
+
+        /// ThreatQ's own timestamp shape is read without chrono's format parser, to the same second.
+        #[test]
+        fn canonical_times_read_as_chrono_reads_them(secs in 0i64..5_000_000_000) {
+            let text = DateTime::from_timestamp(secs, 0).unwrap().format("%Y-%m-%d %H:%M:%S").to_string();
+            prop_assert_eq!(canonical_time(&text).map(|t| t.and_utc().timestamp()), Some(secs));
+        }
+    }
 
     #[test]
-    fn index_slots_stay_compact() {
-        assert_eq!(std::mem::size_of::<(KeyDigest, Entry)>(), 40);
-        assert_eq!(std::mem::size_of::<(KeyDigest, ContentDigest)>(), 24);
+    fn other_time_shapes_fall_back_to_chrono_or_rank_last() {
+        let at = |text: &str| rank(&row_at(text)).1;
+        fn row_at(text: &str) -> Row {
+            let mut r = vec![String::new(); COLUMNS.len()];
+            r[UPDATED_AT] = text.to_owned();
+            r
+        }
+        assert_eq!(at("2024-1-2 3:04:05"), at("2024-01-02 03:04:05"));
+        assert_eq!(at("2024-02-30 00:00:00"), i64::MIN);
+        assert_eq!(at("2024-01-02T03:04:05"), i64::MIN);
+        assert_eq!(at(""), i64::MIN);
     }
+
+    use chrono::DateTime;
 }

@@ -5,7 +5,7 @@ mod map;
 mod plan;
 mod state;
 
-pub use collect::{Collected, ContentDigest, DigestMap, KeyDigest, RowSet, SpoolRows, digest_key, digest_row};
+pub use collect::{Collected, ContentDigest, KeyDigest, RowSet, SpoolRows, Winner, digest_key, digest_row};
 pub use map::{COLUMNS, map_indicator, table};
 pub use plan::{Action, FullReason, Held, Plan, Refusal};
-pub use state::{Deletions, KeySet, State, Unusable, target_digest};
+pub use state::{Deletions, State, Unusable, target_digest};

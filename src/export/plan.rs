@@ -1,9 +1,10 @@
 //! What a run will do to the lookup: compare the collected rows with the delivered state.
 
 use std::fmt;
+use std::io;
 
 use super::collect::{Collected, RowSet};
-use super::state::State;
+use super::state::{Deletions, State};
 
 /// Why a run replaces the whole lookup instead of sending changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,24 +101,49 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Compares the collected rows with what Devo holds; `full` forces a full replace.
-    pub fn new(collected: &Collected, state: Option<&State>, full: Option<FullReason>) -> Plan {
-        let (mut added, mut changed, mut unchanged) = (RowSet::default(), RowSet::default(), 0);
-        for (key, entry) in collected.index() {
-            match state.and_then(|s| s.content(*key)) {
-                None => added.insert(entry.row),
-                Some(content) if content != entry.content => changed.insert(entry.row),
+    /// Compares the collected rows with what Devo holds; `full` forces a full replace. Both are read in key
+    /// digest order, side by side, so nothing of either is held in memory but the row sets.
+    pub fn new(collected: &Collected, state: Option<&State>, full: Option<FullReason>) -> io::Result<Plan> {
+        let (mut added, mut changed, mut unchanged, mut deleted) = (RowSet::default(), RowSet::default(), 0, 0);
+        let mut delivered = state.map(|s| s.rows().peekable());
+        for winner in collected.winners() {
+            let winner = winner?;
+            let mut held = None;
+            if let Some(delivered) = &mut delivered {
+                while let Some(row) = delivered.next_if(|row| row.as_ref().is_ok_and(|r| r.digest <= winner.digest)) {
+                    let row = row?;
+                    if row.digest == winner.digest {
+                        held = Some(row.content);
+                    } else {
+                        deleted += 1;
+                    }
+                }
+                if let Some(Err(_)) = delivered.peek() {
+                    delivered.next().expect("peeked")?;
+                }
+            }
+            match held {
+                None => added.insert(winner.row),
+                Some(content) if content != winner.content => changed.insert(winner.row),
                 Some(_) => unchanged += 1,
             }
         }
-        let deleted = state.map_or(0, |s| s.len() - (collected.unique() - added.len()));
+        for row in delivered.into_iter().flatten() {
+            row?;
+            deleted += 1;
+        }
         let action = match (full, state) {
             (Some(reason), _) => Action::Full(reason),
             (None, None) => Action::Full(FullReason::NoState),
             (None, Some(_)) => Action::Incremental,
         };
         let held = state.map_or(Held::Unknown, |s| Held::Delivered(s.len()));
-        Plan { action, added, changed, unchanged, deleted, held }
+        Ok(Plan { action, added, changed, unchanged, deleted, held })
+    }
+
+    /// The delete rows of this plan: what `state` holds and `collected` no longer has, `columns` wide.
+    pub fn deletions<'a>(&self, state: &'a State, collected: &'a Collected, columns: usize) -> Deletions<'a> {
+        Deletions::new(state, collected, columns, self.deleted)
     }
 
     /// Without a state, what Devo reports the lookup holds (`None`: the upload method cannot tell).
@@ -174,7 +200,6 @@ mod tests {
     use super::*;
     use crate::devo::{Row, RowSource};
     use crate::export::COLUMNS;
-    use crate::export::state::KeySet;
 
     fn row(key: &str, content: u8) -> Row {
         let mut r = vec![String::new(); COLUMNS.len()];
@@ -211,15 +236,14 @@ mod tests {
 
             let now: Vec<Row> = after.iter().map(|(k, c)| row(k, *c)).collect();
             let collected = collect(dir.path(), &now);
-            let plan = Plan::new(&collected, Some(&state), None);
+            let plan = Plan::new(&collected, Some(&state), None).unwrap();
 
             let mut devo = as_map(held);
             for r in collected.select(plan.upserts()).rows() {
                 let r = r.unwrap();
                 devo.insert(r[0].clone(), r);
             }
-            let current: &dyn KeySet = collected.index();
-            let deletions = state.deletions(current, COLUMNS.len());
+            let deletions = plan.deletions(&state, &collected, COLUMNS.len());
             prop_assert_eq!(deletions.len(), plan.deleted);
             for r in deletions.rows() {
                 devo.remove(&r.unwrap()[0]);
@@ -240,16 +264,16 @@ mod tests {
         let state = State::load(&path).unwrap();
 
         let keep_four = collect(dir.path(), &held[..4]);
-        let plan = Plan::new(&keep_four, Some(&state), None);
+        let plan = Plan::new(&keep_four, Some(&state), None).unwrap();
         assert_eq!(plan.deleted, 6);
         assert_eq!(plan.check(4, 50), Err(Refusal::MassDelete { deleted: 6, existing: 10, max_percent: 50 }));
         assert_eq!(plan.check(4, 60), Ok(()));
 
         let empty = collect(dir.path(), &[]);
-        let plan = Plan::new(&empty, Some(&state), Some(FullReason::SyncModeFull));
+        let plan = Plan::new(&empty, Some(&state), Some(FullReason::SyncModeFull)).unwrap();
         assert_eq!(plan.check(0, 100), Err(Refusal::EmptyCollection { existing: 10 }));
 
-        let mut first_run = Plan::new(&empty, None, None);
+        let mut first_run = Plan::new(&empty, None, None).unwrap();
         assert_eq!(first_run.action, Action::Full(FullReason::NoState));
         first_run.reported_by_devo(Some(0));
         assert_eq!(first_run.check(0, 0), Ok(()), "a lookup Devo does not have may start empty");
@@ -261,7 +285,7 @@ mod tests {
         let four: Vec<Row> = (0..4).map(|i| row(&format!("k{i}"), 0)).collect();
         let (empty, some) = (collect(dir.path(), &[]), collect(dir.path(), &four));
         let planned = |collected: &Collected, reported: Option<u64>| {
-            let mut plan = Plan::new(collected, None, None);
+            let mut plan = Plan::new(collected, None, None).unwrap();
             plan.reported_by_devo(reported);
             plan.check(collected.unique(), 50)
         };
@@ -278,20 +302,24 @@ mod tests {
         let path = dir.path().join("s.state");
         State::write(&path, 7, chrono::Utc::now(), &four).unwrap();
         let state = State::load(&path).unwrap();
-        let mut plan = Plan::new(&some, Some(&state), None);
+        let mut plan = Plan::new(&some, Some(&state), None).unwrap();
         plan.reported_by_devo(Some(1000));
         assert_eq!((plan.held, plan.check(4, 50)), (Held::Delivered(4), Ok(())));
     }
 
     #[test]
-    fn io_errors_of_a_vanished_state_file_surface_when_reading_deletions() {
+    fn io_errors_of_a_vanished_state_file_surface_when_planning_and_reading_deletions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.state");
         State::write(&path, 7, chrono::Utc::now(), &vec![row("a", 1)]).unwrap();
         let state = State::load(&path).unwrap();
+        let empty = collect(dir.path(), &[]);
+        let plan = Plan::new(&empty, Some(&state), None).unwrap();
+        assert_eq!(plan.deleted, 1);
         std::fs::remove_file(&path).unwrap();
-        let none = std::collections::HashSet::new();
-        let err = state.deletions(&none, COLUMNS.len()).rows().next().unwrap().unwrap_err();
+        let err = plan.deletions(&state, &empty, COLUMNS.len()).rows().next().unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let err = Plan::new(&empty, Some(&state), None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 }

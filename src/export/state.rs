@@ -1,25 +1,27 @@
 //! What Devo holds after the last accepted upload: IOC value → content digest, in a compact versioned file that is
-//! replaced atomically and only after Devo accepted an upload.
+//! replaced atomically and only after Devo accepted an upload. Its rows are ordered by key digest, as the merged
+//! rows of a run are ([`Collected::winners`]), so that comparing the two is one pass over two sorted files and
+//! neither ever sits in memory.
 //!
 //! File layout (little-endian): magic, version `u32`, target digest `u64`, last full replace (unix seconds `i64`),
-//! row count `u64`, then per row the key's length `u32`, the key's UTF-8 bytes and the row's content digest `u64`;
-//! last, the BLAKE3 hash of everything before it, so a torn or edited file is detected.
+//! row count `u64`, then per row, in key digest order, the key's length `u32`, the key's UTF-8 bytes and the row's
+//! content digest `u64`; last, the BLAKE3 hash of everything before it, so a torn or edited file is detected.
+//! (Version 1, of 0.1.0, listed the rows unordered; such a state is not read, and the run after an upgrade replaces
+//! the lookup whole once.)
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::hash::BuildHasher;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::collect::{Collected, ContentDigest, DigestMap, KeyDigest, digest_key, digest_row};
+use super::collect::{Collected, ContentDigest, KeyDigest, digest_key, digest_row};
 use crate::devo::{Row, RowSource, Table, Target};
 use crate::file::{NO_FOLLOW, parent};
 
 const MAGIC: &[u8; 12] = b"TQDEVO-STATE";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Longest key accepted when reading, so a corrupt length cannot ask for gigabytes.
 const MAX_KEY: u32 = 1 << 20;
 
@@ -30,7 +32,15 @@ pub struct State {
     /// What the rows meant when delivered (lookup, columns, upload target); see [`target_digest`].
     pub target: ContentDigest,
     pub last_full_at: DateTime<Utc>,
-    delivered: DigestMap<ContentDigest>,
+    count: u64,
+}
+
+/// One row of the state: its key's digest, the key, and the row's content digest.
+#[derive(Debug)]
+pub(super) struct Delivered {
+    pub digest: KeyDigest,
+    pub key: String,
+    pub content: ContentDigest,
 }
 
 /// Why no usable state was loaded.
@@ -38,23 +48,6 @@ pub struct State {
 pub enum Unusable {
     Missing,
     Corrupt(String),
-}
-
-/// A set of key digests: what the collection holds now.
-pub trait KeySet: Sync {
-    fn has(&self, key: KeyDigest) -> bool;
-}
-
-impl<V: Sync, S: BuildHasher + Sync> KeySet for HashMap<KeyDigest, V, S> {
-    fn has(&self, key: KeyDigest) -> bool {
-        self.contains_key(&key)
-    }
-}
-
-impl<S: BuildHasher + Sync> KeySet for HashSet<KeyDigest, S> {
-    fn has(&self, key: KeyDigest) -> bool {
-        self.contains(&key)
-    }
 }
 
 /// The identity of what a state describes, hashed: the upload method, endpoint and domain ([`Target`]), the
@@ -97,6 +90,9 @@ impl<R: Read> Checked<R> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a state file"));
         }
         let version = u32::from_le_bytes(self.exact()?);
+        if version == 1 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "written by 0.1.0, whose rows are not in order"));
+        }
         if version != VERSION {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("state version {version} is unknown")));
         }
@@ -139,22 +135,26 @@ fn open(path: &Path) -> io::Result<(Checked<BufReader<File>>, Header)> {
 }
 
 impl State {
-    /// Loads the state; a missing or damaged file is reported, never fatal: the caller does a full replace.
+    /// Loads the state's header after checking the whole file (its checksum, and that its rows are in key digest
+    /// order); a missing or damaged file is reported, never fatal: the caller does a full replace.
     pub fn load(path: &Path) -> Result<State, Unusable> {
         let read = || -> io::Result<State> {
             let (mut reader, header) = open(path)?;
-            let mut delivered =
-                DigestMap::with_capacity_and_hasher(header.count.min(1 << 24) as usize, Default::default());
+            let mut last: Option<KeyDigest> = None;
             for _ in 0..header.count {
-                let (key, content) = reader.record()?;
-                delivered.insert(digest_key(&key), content);
+                let (key, _) = reader.record()?;
+                let digest = digest_key(&key);
+                if last.is_some_and(|last| last >= digest) {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "rows out of order"));
+                }
+                last = Some(digest);
             }
             reader.verify_end()?;
             Ok(State {
                 path: path.to_owned(),
                 target: header.target,
                 last_full_at: DateTime::from_timestamp(header.last_full_at, 0).unwrap_or_default(),
-                delivered,
+                count: header.count,
             })
         };
         match read() {
@@ -166,23 +166,33 @@ impl State {
 
     /// Rows Devo holds.
     pub fn len(&self) -> u64 {
-        self.delivered.len() as u64
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.delivered.is_empty()
+        self.count == 0
     }
 
-    /// The content digest Devo holds for a key, if it holds the key.
-    pub fn content(&self, key: KeyDigest) -> Option<ContentDigest> {
-        self.delivered.get(&key).copied()
-    }
-
-    /// Delivered keys that are not in `current`, as delete rows (`columns` wide, only the key set), read back from
-    /// the file so the keys themselves never sit in memory.
-    pub fn deletions<'a>(&'a self, current: &'a dyn KeySet, columns: usize) -> Deletions<'a> {
-        let count = self.delivered.keys().filter(|k| !current.has(**k)).count() as u64;
-        Deletions { path: &self.path, current, columns, count }
+    /// The rows, in key digest order, read from the file again.
+    pub(super) fn rows(&self) -> impl Iterator<Item = io::Result<Delivered>> + '_ {
+        let mut reader = None;
+        let mut left = self.count;
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            let next = (|| {
+                let reader = match &mut reader {
+                    Some((reader, _)) => reader,
+                    None => &mut reader.insert(open(&self.path)?).0,
+                };
+                let (key, content) = reader.record()?;
+                Ok(Delivered { digest: digest_key(&key), key, content })
+            })();
+            // After an error the pass ends: the rest of the file cannot be trusted.
+            left = if next.is_ok() { left - 1 } else { 0 };
+            Some(next)
+        })
     }
 
     /// Notes, before an upload starts, that Devo may soon hold rows the state does not list. [`State::write`]
@@ -203,30 +213,39 @@ impl State {
     }
 
     /// Replaces the state file with `rows` (what Devo now holds) durably ([`crate::file::replace`]: temp file,
-    /// fsync, rename, fsync of the folder); then clears the note of [`State::begin_delivery`].
-    pub fn write(
+    /// fsync, rename, fsync of the folder); then clears the note of [`State::begin_delivery`]. The rows are sorted
+    /// in memory: for tests, which build small states from rows.
+    #[cfg(test)]
+    pub(crate) fn write(
         path: &Path,
         target: ContentDigest,
         last_full_at: DateTime<Utc>,
         rows: &dyn RowSource,
     ) -> io::Result<()> {
-        let records = rows.rows().map(|row| {
-            let mut row = row?;
-            let content = digest_row(&row);
-            Ok((row.swap_remove(0).into_bytes(), content))
-        });
+        let mut records = rows
+            .rows()
+            .map(|row| {
+                let mut row = row?;
+                let content = digest_row(&row);
+                let key = row.swap_remove(0);
+                Ok((digest_key(&key), key.into_bytes(), content))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        records.sort_by_key(|(digest, _, _)| *digest);
+        let records = records.into_iter().map(|(_, key, content)| Ok((key, content)));
         Self::write_records(path, target, last_full_at, rows.len(), records)
     }
 
     /// [`State::write`] for the rows of `collected` (every winning row, as a full replace or the changes left
-    /// Devo), from the keys and digests it noted while collecting: no row is read or hashed again.
+    /// Devo), copied from its merged winners: no row is read or hashed again, and they are in order already.
     pub fn write_collected(
         path: &Path,
         target: ContentDigest,
         last_full_at: DateTime<Utc>,
         collected: &Collected,
     ) -> io::Result<()> {
-        Self::write_records(path, target, last_full_at, collected.unique(), collected.delivered())
+        let records = collected.winners().map(|w| w.map(|w| (w.key, w.content)));
+        Self::write_records(path, target, last_full_at, collected.unique(), records)
     }
 
     fn write_records(
@@ -281,33 +300,47 @@ fn pending_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Delete rows for keys Devo holds that the collection no longer has.
+/// Delete rows for keys Devo holds that the collection no longer has: the state's rows and the run's winners,
+/// both in key digest order, read side by side.
 pub struct Deletions<'a> {
-    path: &'a Path,
-    current: &'a dyn KeySet,
+    state: &'a State,
+    collected: &'a Collected,
     columns: usize,
     count: u64,
 }
 
+impl<'a> Deletions<'a> {
+    /// The `count` deletions (known from the [`super::Plan`]) of `state` against `collected`, as `columns`-wide
+    /// rows with only the key set.
+    pub(super) fn new(state: &'a State, collected: &'a Collected, columns: usize, count: u64) -> Self {
+        Deletions { state, collected, columns, count }
+    }
+}
+
 impl RowSource for Deletions<'_> {
     fn rows(&self) -> Box<dyn Iterator<Item = io::Result<Row>> + Send + '_> {
-        let (mut reader, header) = match open(self.path) {
-            Ok(opened) => opened,
-            Err(e) => return Box::new(std::iter::once(Err(e))),
-        };
+        let mut winners = self.collected.winners().peekable();
         let columns = self.columns;
-        Box::new(
-            (0..header.count)
-                .map(move |_| reader.record())
-                .filter(|r| r.as_ref().map_or(true, |(key, _)| !self.current.has(digest_key(key))))
-                .map(move |r| {
-                    r.map(|(key, _)| {
-                        let mut row = vec![String::new(); columns];
-                        row[0] = key;
-                        row
-                    })
-                }),
-        )
+        Box::new(self.state.rows().filter_map(move |delivered| {
+            let delivered = match delivered {
+                Ok(delivered) => delivered,
+                Err(e) => return Some(Err(e)),
+            };
+            while let Some(Ok(w)) = winners.peek()
+                && w.digest < delivered.digest
+            {
+                winners.next();
+            }
+            match winners.peek() {
+                Some(Ok(w)) if w.digest == delivered.digest => None,
+                Some(Err(_)) => Some(Err(winners.next().expect("peeked").expect_err("peeked an error"))),
+                _ => {
+                    let mut row = vec![String::new(); columns];
+                    row[0] = delivered.key;
+                    Some(Ok(row))
+                }
+            }
+        }))
     }
 
     fn len(&self) -> u64 {
@@ -366,13 +399,25 @@ mod tests {
         State::write(&path, 42, at, &rows(&["a", "b\nc", "日本"])).unwrap();
         let state = State::load(&path).unwrap();
         assert_eq!((state.len(), state.target, state.last_full_at), (3, 42, at));
-        let a = vec!["a".to_owned(), "v-a".to_owned()];
-        assert_eq!(state.content(digest_key("a")), Some(digest_row(&a)));
+        let held: Vec<Delivered> = state.rows().collect::<io::Result<_>>().unwrap();
+        let mut keys: Vec<&str> = held.iter().map(|d| d.key.as_str()).collect();
+        assert!(held.is_sorted_by_key(|d| d.digest), "rows are in key digest order");
+        keys.sort();
+        assert_eq!(keys, ["a", "b\nc", "日本"]);
+        let a = held.iter().find(|d| d.key == "a").unwrap();
+        assert_eq!((a.digest, a.content), (digest_key("a"), digest_row(&["a".to_owned(), "v-a".to_owned()])));
 
-        let current: HashSet<KeyDigest> = [digest_key("a")].into();
-        let deletions = state.deletions(&current, 2);
+        // Deletions: what the state holds and the collection no longer has.
+        let mut collected = Collected::new(dir.path(), crate::export::COLUMNS.len()).unwrap();
+        let mut only_a = vec![String::new(); crate::export::COLUMNS.len()];
+        only_a[0] = "a".into();
+        collected.push(&only_a).unwrap();
+        collected.finish().unwrap();
+        let plan = crate::export::Plan::new(&collected, Some(&state), None).unwrap();
+        let deletions = plan.deletions(&state, &collected, 2);
         assert_eq!(deletions.len(), 2);
-        let got: Vec<Row> = deletions.rows().collect::<io::Result<_>>().unwrap();
+        let mut got: Vec<Row> = deletions.rows().collect::<io::Result<_>>().unwrap();
+        got.sort();
         assert_eq!(got, vec![vec!["b\nc".to_owned(), String::new()], vec!["日本".to_owned(), String::new()]]);
     }
 
@@ -394,6 +439,21 @@ mod tests {
         assert!(matches!(State::load(&path), Err(Unusable::Corrupt(_))));
         std::fs::write(&path, b"{\"json\": true}").unwrap();
         assert!(matches!(State::load(&path), Err(Unusable::Corrupt(_))));
+
+        // A state whose rows are not in key digest order cannot be compared side by side with a run's rows.
+        let (mut first, mut second) = ("a", "b");
+        if digest_key(first) < digest_key(second) {
+            (first, second) = (second, first);
+        }
+        let unordered = [first, second].map(|k| Ok((k.as_bytes().to_vec(), 0)));
+        State::write_records(&path, 1, Utc::now(), 2, unordered.into_iter()).unwrap();
+        assert!(matches!(State::load(&path), Err(Unusable::Corrupt(why)) if why.contains("order")));
+
+        // 0.1.0's state (version 1) listed its rows unordered: it is not read, and says why.
+        let mut old = bytes.clone();
+        old[12..16].copy_from_slice(&1u32.to_le_bytes());
+        std::fs::write(&path, old).unwrap();
+        assert!(matches!(State::load(&path), Err(Unusable::Corrupt(why)) if why.contains("0.1.0")));
     }
 
     /// The state written from what collecting noted is the very file that reading the rows back gives.
@@ -418,7 +478,8 @@ mod tests {
         assert_eq!(std::fs::read(&noted).unwrap(), std::fs::read(&read_back).unwrap());
         let state = State::load(&noted).unwrap();
         assert_eq!(state.len(), 3);
-        assert_eq!(state.content(digest_key("a")), Some(digest_row(&row("a", "5"))));
+        let a = state.rows().map(Result::unwrap).find(|d| d.key == "a").unwrap();
+        assert_eq!(a.content, digest_row(&row("a", "5")));
     }
 
     #[test]
