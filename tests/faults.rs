@@ -14,7 +14,7 @@ use tqdevo::devo::UploadMethod;
 use tqdevo::export::State;
 use tqdevo::sandbox::threatq::{Fault, Rewrite};
 
-use crate::sync::{World, expected_rows};
+use crate::sync::{World, bounded, expected_rows};
 
 const IOCS: u64 = 400;
 const QUERY: &str = "/api/indicators/query";
@@ -136,10 +136,12 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The disk fills at every point of a run in turn (the room left grows 4 KiB a run): while the rows are spooled and
-/// while the state is written. Each failed run exits 1 naming "No space left", leaves the lookup as it was or (the
-/// state write failed after Devo accepted) equal to the collection, never partial, keeps the old state and leaves
-/// no file behind; the next run with room converges.
+/// The disk fills at every point of a run in turn (the room left grows 4 KiB a run) while the rows are spooled and
+/// merged; then another writer fills it while Devo runs the upload's job, so that the state write finds no room.
+/// (A run needs most room while merging, and frees the sorted runs before the upload, so with the disk to itself
+/// the state write always fits.) Each failed run exits 1 naming "No space left", leaves the lookup as it was or
+/// (the state write failed after Devo accepted) equal to the collection, never partial, keeps the old state and
+/// leaves no file behind; the next run with room converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_while_spooling_or_writing_the_state_fails_the_run_and_the_next_converges() {
     let world = World::start(IOCS).await;
@@ -148,17 +150,41 @@ async fn a_full_disk_while_spooling_or_writing_the_state_fails_the_run_and_the_n
     world.synced(NAME).await;
     let filler = world.config_dir().join("filler");
     let mut failed_at: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut fill_during_upload = false;
     for step in 0.. {
         assert!(step < 200, "the run never fitted");
         change(&world, 1..=IOCS, 7);
         let (lookup, state) = (world.lookup(UploadMethod::LookupsApi, LOOKUP), world.state_bytes(NAME));
-        let room = step * 4096;
+        let room = if fill_during_upload { 1 << 20 } else { step * 4096 };
         let free = disk.free_bytes();
         std::fs::write(&filler, vec![0u8; free.saturating_sub(room) as usize]).ok();
-        let (result, _) = world.run(NAME, false).await;
+        let result = if fill_during_upload {
+            world.stage.devo_api.set_jobs_never_finish(true);
+            world.stage.devo_api.clear_requests();
+            let other_writer = async {
+                bounded("the upload", async {
+                    while !world.stage.devo_api.requests().iter().any(|r| r.csv_rows > 0) {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                })
+                .await;
+                std::fs::write(world.config_dir().join("other"), vec![0u8; disk.free_bytes() as usize]).ok();
+                world.stage.devo_api.set_jobs_never_finish(false);
+            };
+            let ((result, _), ()) = tokio::join!(world.run(NAME, false), other_writer);
+            std::fs::remove_file(world.config_dir().join("other")).unwrap();
+            result
+        } else {
+            world.run(NAME, false).await.0
+        };
         std::fs::remove_file(&filler).ok();
         let expected = expected_rows(&world.collection().await);
-        let Err(e) = result else { break };
+        let Err(e) = result else {
+            assert!(!fill_during_upload, "the disk filled during the upload, yet the run succeeded");
+            // The run fits now. Last, with that room: the disk fills up while Devo runs the job.
+            fill_during_upload = true;
+            continue;
+        };
         let message = e.to_string();
         assert_eq!(e.code(), 1, "{message}");
         assert!(message.contains("No space left"), "{message}");
@@ -176,6 +202,9 @@ async fn a_full_disk_while_spooling_or_writing_the_state_fails_the_run_and_the_n
         assert_eq!(leftovers(&world.config_dir()), Vec::<String>::new(), "room {room}");
         world.synced(NAME).await;
         assert_eq!(world.lookup(UploadMethod::LookupsApi, LOOKUP), expected, "room {room}: converged");
+        if fill_during_upload {
+            break;
+        }
     }
     eprintln!("disk full: failed runs by where the disk filled: {failed_at:?}");
     assert!(failed_at.contains_key("spool") && failed_at.contains_key("state"), "{failed_at:?}");

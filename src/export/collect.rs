@@ -475,8 +475,7 @@ impl RowSource for SpoolRows<'_> {
                     record
                         .iter()
                         .map(|field| {
-                            String::from_utf8(field.to_vec())
-                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                            String::from_utf8(field.to_vec()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
                         })
                         .collect()
                 }),
