@@ -44,12 +44,17 @@ pub fn digest_key(key: &str) -> KeyDigest {
 
 /// The content digest of a row: every field, length-prefixed so that field boundaries count.
 pub fn digest_row(row: &[String]) -> ContentDigest {
-    let mut hasher = blake3::Hasher::new();
+    digest_row_with(row, &mut Vec::new())
+}
+
+/// [`digest_row`], laying the fields out in `scratch` first: one hash call instead of two a field.
+fn digest_row_with(row: &[String], scratch: &mut Vec<u8>) -> ContentDigest {
+    scratch.clear();
     for field in row {
-        hasher.update(&(field.len() as u64).to_le_bytes());
-        hasher.update(field.as_bytes());
+        scratch.extend_from_slice(&(field.len() as u64).to_le_bytes());
+        scratch.extend_from_slice(field.as_bytes());
     }
-    u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+    u64::from_le_bytes(blake3::hash(scratch).as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// A set of spool row numbers.
@@ -212,6 +217,8 @@ pub struct Collected {
     run: Vec<(Noted, u32, u32)>,
     run_bytes: usize,
     run_keys: Vec<u8>,
+    /// Reused to lay out each row for its content digest.
+    scratch: Vec<u8>,
     /// After [`Collected::finish`]: the winning row of each value, ordered by key digest.
     winners_file: tempfile::NamedTempFile,
     rows: u32,
@@ -246,6 +253,7 @@ impl Collected {
             run: Vec::new(),
             run_bytes: RUN_BYTES,
             run_keys: Vec::new(),
+            scratch: Vec::new(),
             winners_file: temp(".spool-winners-")?,
             rows: 0,
             winners: RowSet::default(),
@@ -261,7 +269,13 @@ impl Collected {
         writer.write_record(row)?;
         let (score, updated_at) = rank(row);
         let key = row[0].as_bytes();
-        let noted = Noted { key: digest_key(&row[0]), row: self.rows, score, updated_at, content: digest_row(row) };
+        let noted = Noted {
+            key: digest_key(&row[0]),
+            row: self.rows,
+            score,
+            updated_at,
+            content: digest_row_with(row, &mut self.scratch),
+        };
         let offset = u32::try_from(self.run_keys.len()).expect("runs are flushed long before 4 GiB");
         self.run.push((noted, offset, key_len(key)?));
         self.run_keys.extend_from_slice(key);
