@@ -73,10 +73,41 @@ pub type Row = Vec<String>;
 pub trait RowSource: Send + Sync {
     /// The rows, in delivery order. Each call starts over.
     fn rows(&self) -> Box<dyn Iterator<Item = io::Result<Row>> + Send + '_>;
+    /// The same rows one at a time in a record the cursor reuses: what the uploaders read, so that a large
+    /// upload does not allocate a string per value. By default, [`RowSource::rows`] copied into the record.
+    fn cursor(&self) -> Box<dyn RowCursor + '_> {
+        Box::new(RowsCursor { rows: self.rows(), record: csv::StringRecord::new() })
+    }
     /// How many rows `rows` yields.
     fn len(&self) -> u64;
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Reads rows into a record it reuses ([`RowSource::cursor`]).
+pub trait RowCursor: Send {
+    /// The next row, valid until the next call; `None` after the last.
+    fn next_row(&mut self) -> Option<io::Result<&csv::StringRecord>>;
+}
+
+struct RowsCursor<'a> {
+    rows: Box<dyn Iterator<Item = io::Result<Row>> + Send + 'a>,
+    record: csv::StringRecord,
+}
+
+impl RowCursor for RowsCursor<'_> {
+    fn next_row(&mut self) -> Option<io::Result<&csv::StringRecord>> {
+        match self.rows.next()? {
+            Ok(row) => {
+                self.record.clear();
+                for value in &row {
+                    self.record.push_field(value);
+                }
+                Some(Ok(&self.record))
+            }
+            Err(e) => Some(Err(e)),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use chrono::{NaiveDate, NaiveDateTime};
 
-use crate::devo::{Row, RowSource};
+use crate::devo::{Row, RowCursor, RowSource};
 
 use super::map::{SCORE, UPDATED_AT};
 
@@ -461,8 +461,8 @@ fn read_winner(input: &mut impl io::BufRead) -> io::Result<Option<Winner>> {
     Ok(Some(winner))
 }
 
-/// A [`RowSource`] over part of the spool; every `rows()` call reads the file again from the start, up to the
-/// last row wanted.
+/// A [`RowSource`] over part of the spool; every pass reads the file again from the start, up to the last row
+/// wanted.
 pub struct SpoolRows<'a> {
     spool: &'a tempfile::NamedTempFile,
     rows: RowSet,
@@ -470,34 +470,64 @@ pub struct SpoolRows<'a> {
 
 impl RowSource for SpoolRows<'_> {
     fn rows(&self) -> Box<dyn Iterator<Item = io::Result<Row>> + Send + '_> {
-        let Some(last) = self.rows.last() else { return Box::new(std::iter::empty()) };
+        let mut cursor = self.cursor();
+        Box::new(std::iter::from_fn(move || {
+            cursor.next_row().map(|row| row.map(|r| r.iter().map(str::to_owned).collect()))
+        }))
+    }
+
+    fn cursor(&self) -> Box<dyn RowCursor + '_> {
         // A fresh handle, so each pass starts at the beginning and passes do not share an offset.
-        let file = match self.spool.reopen() {
-            Ok(f) => f,
-            Err(e) => return Box::new(std::iter::once(Err(e))),
-        };
-        let reader = csv::ReaderBuilder::new().has_headers(false).from_reader(BufReader::new(file));
-        let wanted = &self.rows;
-        Box::new(
-            reader
-                .into_byte_records()
-                .take(last as usize + 1)
-                .enumerate()
-                .filter(move |(n, _)| wanted.contains(*n as u32))
-                .map(|(_, record)| {
-                    let record = record.map_err(io::Error::from)?;
-                    record
-                        .iter()
-                        .map(|field| {
-                            String::from_utf8(field.to_vec()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-                        })
-                        .collect()
-                }),
-        )
+        let reader = self.spool.reopen().map(|file| {
+            csv::ReaderBuilder::new().has_headers(false).from_reader(BufReader::with_capacity(1 << 16, file))
+        });
+        let last = self.rows.last().map_or(0, |last| u64::from(last) + 1);
+        Box::new(SpoolCursor {
+            reader: Some(reader),
+            record: csv::StringRecord::new(),
+            wanted: &self.rows,
+            next: 0,
+            last,
+        })
     }
 
     fn len(&self) -> u64 {
         self.rows.len()
+    }
+}
+
+struct SpoolCursor<'a> {
+    /// `None` once the pass is over; an error opening the spool is given by the first read.
+    reader: Option<io::Result<csv::Reader<BufReader<File>>>>,
+    record: csv::StringRecord,
+    wanted: &'a RowSet,
+    /// The number of the next row in the spool, and one past the last wanted.
+    next: u64,
+    last: u64,
+}
+
+impl RowCursor for SpoolCursor<'_> {
+    fn next_row(&mut self) -> Option<io::Result<&csv::StringRecord>> {
+        while self.next < self.last {
+            let reader = match self.reader.take()? {
+                Ok(reader) => self.reader.insert(Ok(reader)).as_mut().expect("just put"),
+                Err(e) => return Some(Err(e)),
+            };
+            match reader.read_record(&mut self.record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.reader = None;
+                    return Some(Err(e.into()));
+                }
+            }
+            self.next += 1;
+            if self.wanted.contains((self.next - 1) as u32) {
+                return Some(Ok(&self.record));
+            }
+        }
+        self.reader = None;
+        None
     }
 }
 

@@ -9,7 +9,7 @@ use futures::channel::mpsc;
 use futures::{SinkExt, Stream, StreamExt, future, stream};
 use serde_json::{Value, json};
 
-use crate::devo::{Column, ColumnType, Error, Row, RowSource};
+use crate::devo::{Column, ColumnType, Error, RowCursor, RowSource};
 
 /// How big a CSV chunk grows before it is handed to the connection.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -71,7 +71,7 @@ pub(super) fn deploy_config(columns: &[Column], mode: DeployMode) -> Value {
 /// The CSV of a deploy as a sequence of chunks of about [`CHUNK_BYTES`]: RFC 4180 (CRLF, fields quoted when they
 /// hold `,` `"` CR or LF, quotes doubled), UTF-8, a header row first.
 pub(super) struct CsvChunks<'a> {
-    rows: Box<dyn Iterator<Item = io::Result<Row>> + Send + 'a>,
+    rows: Box<dyn RowCursor + 'a>,
     header: Option<Vec<&'a str>>,
     width: usize,
     /// For deletes: what follows each key, a [`filler`] value for every other column.
@@ -83,7 +83,7 @@ pub(super) struct CsvChunks<'a> {
 impl<'a> CsvChunks<'a> {
     pub(super) fn new(columns: &'a [Column], mode: DeployMode, rows: &'a dyn RowSource) -> Self {
         Self {
-            rows: rows.rows(),
+            rows: rows.cursor(),
             header: Some(columns.iter().map(|c| c.name.as_str()).collect()),
             width: columns.len(),
             fillers: (mode == DeployMode::Delete).then(|| columns.iter().skip(1).map(|c| filler(c.ty)).collect()),
@@ -97,14 +97,16 @@ impl<'a> CsvChunks<'a> {
         self.sent
     }
 
-    fn check(&self, row: &Row) -> Result<(), Error> {
-        let fits = if self.fillers.is_some() { !row.is_empty() } else { row.len() == self.width };
+    /// Whether `row` fits: as wide as the lookup, or for deletes at least a key. (Not a method: the row is
+    /// borrowed from `self.rows` while it is checked.)
+    fn check(deleting: bool, width: usize, sent: u64, row: &csv::StringRecord) -> Result<(), Error> {
+        let fits = if deleting { !row.is_empty() } else { row.len() == width };
         if fits {
             return Ok(());
         }
         Err(Error::Rows(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("row {} has {} values but the lookup has {} columns", self.sent + 1, row.len(), self.width),
+            format!("row {} has {} values but the lookup has {} columns", sent + 1, row.len(), width),
         )))
     }
 }
@@ -126,7 +128,7 @@ impl Iterator for CsvChunks<'_> {
         }
         // The writer's own buffer is not counted: a chunk may end up a few KiB over CHUNK_BYTES.
         while csv.get_ref().len() < CHUNK_BYTES {
-            let row = match self.rows.next() {
+            let row = match self.rows.next_row() {
                 None => {
                     self.done = true;
                     break;
@@ -137,13 +139,13 @@ impl Iterator for CsvChunks<'_> {
                 }
                 Some(Ok(row)) => row,
             };
-            if let Err(e) = self.check(&row) {
+            if let Err(e) = Self::check(self.fillers.is_some(), self.width, self.sent, row) {
                 self.done = true;
                 return Some(Err(e));
             }
             match &self.fillers {
-                Some(fillers) => csv.write_record(std::iter::once(row[0].as_str()).chain(fillers.iter().copied())),
-                None => csv.write_record(&row),
+                Some(fillers) => csv.write_record(std::iter::once(&row[0]).chain(fillers.iter().copied())),
+                None => csv.write_record(row),
             }
             .expect(IN_MEMORY);
             self.sent += 1;
@@ -206,6 +208,7 @@ pub(super) async fn pump(mut chunks: CsvChunks<'_>, mut body: mpsc::Sender<Frame
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devo::Row;
 
     fn columns() -> Vec<Column> {
         [("ioc", ColumnType::Str), ("score", ColumnType::Int), ("ip", ColumnType::Ip4), ("ok", ColumnType::Bool)]

@@ -244,18 +244,18 @@ impl LookupEncoder {
     }
 
     /// An add/update row: `values` in column order, key first.
-    pub fn row<S: AsRef<str>>(&self, values: &[S], out: &mut String) {
+    pub fn row(&self, values: impl IntoIterator<Item = impl AsRef<str>>, out: &mut String) {
         Self::data_line(&self.data_prefix, values, self.mode, out);
     }
 
     /// A `.DELETE` row: only the key (first value) counts; the uploader sends the other values empty.
-    pub fn delete<S: AsRef<str>>(&self, values: &[S], out: &mut String) {
+    pub fn delete(&self, values: impl IntoIterator<Item = impl AsRef<str>>, out: &mut String) {
         Self::data_line(&self.delete_prefix, values, self.mode, out);
     }
 
-    fn data_line<S: AsRef<str>>(prefix: &str, values: &[S], mode: EncoderMode, out: &mut String) {
+    fn data_line(prefix: &str, values: impl IntoIterator<Item = impl AsRef<str>>, mode: EncoderMode, out: &mut String) {
         out.push_str(prefix);
-        for (i, value) in values.iter().enumerate() {
+        for (i, value) in values.into_iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }

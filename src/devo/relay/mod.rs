@@ -257,7 +257,8 @@ impl RelayUploader {
         conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
         self.pause().await;
         let mut sent = 0u64;
-        for row in upserts.rows() {
+        let mut upserts = upserts.cursor();
+        while let Some(row) = upserts.next_row() {
             let row = row.map_err(devo::Error::Rows)?;
             if row.len() != table.columns.len() {
                 return Err(devo::Error::Rows(io::Error::new(
@@ -271,21 +272,21 @@ impl RelayUploader {
                     ),
                 )));
             }
-            encoder.row(&row, &mut lines);
+            encoder.row(row, &mut lines);
             sent += 1;
             if lines.len() >= WRITE_BATCH {
                 conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
             }
         }
         // A delete carries the key and empty other values.
-        let mut delete_values = vec![String::new(); table.columns.len()];
-        for row in deletes.into_iter().flat_map(|d| d.rows()) {
+        let empty = table.columns.len().saturating_sub(1);
+        let mut deletes = deletes.map(|d| d.cursor());
+        while let Some(row) = deletes.as_mut().and_then(|d| d.next_row()) {
             let row = row.map_err(devo::Error::Rows)?;
-            let key = row.first().ok_or_else(|| {
+            let key = row.get(0).ok_or_else(|| {
                 devo::Error::Rows(io::Error::new(io::ErrorKind::InvalidData, "a row to delete has no key"))
             })?;
-            delete_values[0].clone_from(key);
-            encoder.delete(&delete_values, &mut lines);
+            encoder.delete(std::iter::once(key).chain(std::iter::repeat_n("", empty)), &mut lines);
             sent += 1;
             if lines.len() >= WRITE_BATCH {
                 conn.send(&mut lines).await.map_err(|e| self.io_error(e))?;
