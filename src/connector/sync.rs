@@ -148,6 +148,12 @@ where
 
     let mut plan = Plan::new(&collected, state.as_ref(), full)
         .map_err(|e| Error::io(format!("comparing the rows with the delivered state {}", state_path.display()), e))?;
+    tracing::debug!(
+        fetched = collected.fetched(),
+        unique = collected.unique(),
+        seconds = started.elapsed().as_secs_f64(),
+        "rows collected and compared with the delivered state"
+    );
     if !options.allow_mass_delete {
         // Without a state the plan knows nothing of the lookup: a replace must not empty it unseen.
         plan.reported_by_devo(inspection.rows);

@@ -166,6 +166,8 @@ pub async fn sandbox(args: &SandboxArgs, out: &mut dyn Write) -> Result<(), Erro
     let stage = Stage::start_options(threatq, ports.devo_api, &files, LookupsApiStandIn::builder())
         .await
         .map_err(|e| Error::io("starting the stand-ins", e))?;
+    // Uploads of a million rows, one after another, would pile up in memory.
+    stage.relay.keep_connection_bytes(false);
     let env = stage.env();
     let mut vars: Vec<_> =
         env.iter().filter(|(k, _)| !k.starts_with("DEVO_RELAY") && !k.starts_with("DEVO_JOB")).collect();

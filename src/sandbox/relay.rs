@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::devo::relay::encode::{Action, decode_fields};
+use crate::devo::relay::encode::{Action, decode_fields, decode_fields_into};
 use crate::devo::{DevoSettings, Region, UploadMethod};
 use crate::field::SecretText;
 use crate::sandbox::certs::{CertPair, TestCa};
@@ -54,17 +54,21 @@ pub struct RelayStandIn {
 struct Shared {
     state: Mutex<State>,
     faults: Mutex<Faults>,
+    /// Keep no connection's bytes (`sandbox`, where uploads of a million rows would pile up).
+    forget_bytes: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct State {
-    /// lookup → key → row (key first).
-    tables: HashMap<String, BTreeMap<String, Vec<String>>>,
+    /// lookup → key → row as it was sent (its values decode with [`decode_fields`]).
+    tables: HashMap<String, BTreeMap<String, String>>,
     /// Uploads whose START arrived, by run id.
     open: HashMap<String, OpenUpload>,
     applied: Vec<AppliedUpload>,
     connections: Vec<Vec<u8>>,
     problems: Vec<String>,
+    /// The values of the row being checked, reused from row to row.
+    scratch: Vec<String>,
 }
 
 struct OpenUpload {
@@ -72,7 +76,8 @@ struct OpenUpload {
     action: Action,
     headers: String,
     columns: usize,
-    upserts: Vec<Vec<String>>,
+    /// Rows to add or change: key and the row as sent.
+    upserts: Vec<(String, String)>,
     deletes: Vec<String>,
     broken: Option<String>,
 }
@@ -142,12 +147,20 @@ impl RelayStandIn {
 
     /// The lookup's rows, decoded, key first, sorted by key; `None` before any upload to it was applied.
     pub fn table(&self, lookup: &str) -> Option<Vec<Vec<String>>> {
-        self.state(|s| s.tables.get(lookup).map(|t| t.values().cloned().collect()))
+        self.state(|s| {
+            let decoded = |row: &String| decode_fields(row).expect("rows were checked when they arrived");
+            s.tables.get(lookup).map(|t| t.values().map(decoded).collect())
+        })
     }
 
     /// The uploads applied so far, in order.
     pub fn applied(&self) -> Vec<AppliedUpload> {
         self.state(|s| s.applied.clone())
+    }
+
+    /// Whether [`RelayStandIn::connections`] keeps what each connection sent (it does by default, for tests).
+    pub fn keep_connection_bytes(&self, keep: bool) {
+        self.shared.forget_bytes.store(!keep, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every byte each finished connection delivered, in the order the connections ended.
@@ -191,10 +204,13 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
         Ok(tls) => tls,
         Err(e) => return problem(format!("TLS handshake refused: {e}")),
     };
+    let keep_bytes = !shared.forget_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    // What arrived and is not yet a whole line, or (keeping the bytes) everything from the start.
     let mut received = Vec::new();
     let mut line_start = 0;
     let mut lines = 0;
-    let mut buf = [0u8; 4096];
+    // A slow relay reads 4 KiB at a time (see `Faults::read_pause`).
+    let mut buf = vec![0u8; if faults.read_pause.is_some() { 4 << 10 } else { 64 << 10 }];
     let cut = loop {
         match tls.read(&mut buf).await {
             Ok(0) => break false,
@@ -204,14 +220,24 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
                 break false;
             }
         }
-        while let Some(end) = received[line_start..].iter().position(|b| *b == b'\n') {
-            let line = String::from_utf8_lossy(&received[line_start..line_start + end]).into_owned();
-            line_start += end + 1;
-            shared.state.lock().expect("state lock").receive(&line);
-            lines += 1;
-            if faults.close_after_lines.is_some_and(|k| lines >= k) {
-                break;
+        {
+            let mut state = shared.state.lock().expect("state lock");
+            while let Some(end) = memchr::memchr(b'\n', &received[line_start..]) {
+                let line = &received[line_start..line_start + end];
+                line_start += end + 1;
+                match std::str::from_utf8(line) {
+                    Ok(line) => state.receive(line),
+                    Err(_) => state.receive(&String::from_utf8_lossy(line)),
+                }
+                lines += 1;
+                if faults.close_after_lines.is_some_and(|k| lines >= k) {
+                    break;
+                }
             }
+        }
+        if !keep_bytes {
+            received.drain(..line_start);
+            line_start = 0;
         }
         if faults.close_after_lines.is_some_and(|k| lines >= k) {
             break true;
@@ -220,7 +246,11 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
             tokio::time::sleep(pause).await;
         }
     };
-    shared.state.lock().expect("state lock").connections.push(received);
+    if cut {
+        // What the relay took before it cut the connection: the lines it read, not what it had buffered beyond them.
+        received.truncate(line_start);
+    }
+    shared.state.lock().expect("state lock").connections.push(if keep_bytes { received } else { Vec::new() });
     if cut {
         // A reset, as a load balancer that drops a connection sends: the client cannot mistake it for a close.
         let _ = tls.get_ref().0.set_zero_linger();
@@ -292,20 +322,20 @@ impl State {
                 return Err("row for another lookup".into());
             }
             let columns = upload.columns;
-            let fields = decode_fields(body).map_err(|e| e.to_string()).and_then(|f| {
-                if f.len() == columns { Ok(f) } else { Err(format!("{} values for {columns} columns", f.len())) }
+            let fields = decode_fields_into(body, &mut self.scratch).map_err(|e| e.to_string()).and_then(|n| {
+                if n == columns { Ok(&self.scratch[..n]) } else { Err(format!("{n} values for {columns} columns")) }
             });
-            let fields = match fields {
-                Ok(fields) => fields,
+            let key = match fields {
+                Ok(fields) => fields[0].clone(),
                 Err(e) => {
                     upload.broken.get_or_insert_with(|| e.clone());
                     return Err(e);
                 }
             };
             if delete {
-                upload.deletes.push(fields[0].clone());
+                upload.deletes.push(key);
             } else {
-                upload.upserts.push(fields);
+                upload.upserts.push((key, body.to_owned()));
             }
             Ok(())
         } else {
@@ -319,8 +349,8 @@ impl State {
             table.clear();
         }
         let (rows, deletes) = (upload.upserts.len(), upload.deletes.len());
-        for row in upload.upserts {
-            table.insert(row[0].clone(), row);
+        for (key, row) in upload.upserts {
+            table.insert(key, row);
         }
         for key in &upload.deletes {
             table.remove(key);

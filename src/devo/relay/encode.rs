@@ -160,12 +160,25 @@ pub struct DecodeError {
 /// for a quote and `\n` / `\r` for LF / CR. A backslash before any other character is itself. (Like Devo's own
 /// reading of `escape_newline`, a value that held a backslash followed by `n` comes back as a line feed.)
 pub fn decode_fields(fields: &str) -> Result<Vec<String>, DecodeError> {
+    let mut values = Vec::new();
+    let n = decode_fields_into(fields, &mut values)?;
+    values.truncate(n);
+    Ok(values)
+}
+
+/// [`decode_fields`] into `values`, reusing the strings it holds; returns how many of them this row filled (those
+/// after are left over from longer rows).
+pub fn decode_fields_into(fields: &str, values: &mut Vec<String>) -> Result<usize, DecodeError> {
     let bytes = fields.as_bytes();
     let err = |at, problem| Err(DecodeError { at, problem });
-    let mut values = Vec::new();
+    let mut n = 0;
     let mut i = 0;
     loop {
-        let mut value = String::new();
+        if values.len() == n {
+            values.push(String::new());
+        }
+        let value = &mut values[n];
+        value.clear();
         if bytes.get(i) == Some(&b'"') {
             i += 1;
             let mut chunk_start = i;
@@ -200,9 +213,9 @@ pub fn decode_fields(fields: &str) -> Result<Vec<String>, DecodeError> {
             value.push_str(&fields[i..end]);
             i = end;
         }
-        values.push(value);
+        n += 1;
         match bytes.get(i) {
-            None => return Ok(values),
+            None => return Ok(n),
             Some(b',') => i += 1,
             Some(_) => return err(i, "a quote inside a quoted value that is not doubled"),
         }
