@@ -115,13 +115,24 @@ pub fn is_number(value: &str) -> bool {
     if !value.is_ascii() {
         return NUMBER.is_match(value);
     }
-    let digits = value.strip_prefix('-').unwrap_or(value);
-    !digits.is_empty() && digits.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+    // Digits, with single dots between them.
+    let mut after_digit = false;
+    for b in value.strip_prefix('-').unwrap_or(value).bytes() {
+        match b {
+            b'0'..=b'9' => after_digit = true,
+            b'.' if after_digit => after_digit = false,
+            _ => return false,
+        }
+    }
+    after_digit
 }
 
 /// Appends one value as the SDK's `clean_field` does: stripped, bare if a number, else quoted and escaped per `mode`.
 pub fn push_field(out: &mut String, value: &str, mode: EncoderMode) {
-    let value = value.trim_matches(is_python_space);
+    // Most values start and end with a plain ASCII character, and need no stripping.
+    let plain = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii() && !is_python_space(char::from(*b)));
+    let (first, last) = (value.as_bytes().first(), value.as_bytes().last());
+    let value = if plain(first) && plain(last) { value } else { value.trim_matches(is_python_space) };
     if is_number(value) {
         out.push_str(value);
         return;
@@ -297,7 +308,7 @@ mod tests {
     proptest::proptest! {
         /// The ASCII fast path says what the SDK's pattern says.
         #[test]
-        fn bare_numbers_are_what_the_pattern_matches(value in "[-0-9.a ]{0,8}") {
+        fn bare_numbers_are_what_the_pattern_matches(value in "[-0-9.a ]{0,8}|-?[0-9]{1,3}(\\.[0-9]{1,3}){0,3}") {
             proptest::prop_assert_eq!(is_number(&value), NUMBER.is_match(&value), "{:?}", value);
         }
     }
