@@ -85,7 +85,7 @@ def bench_size(binary, python, iocs, rows):
                 sandbox.command(f"configure {name} {method} bench_{name} batch_size=1000 parallel_page_requests=4")
             measure(ours("api", "--dry-run"), env)  # warms the stand-in's index of the collection
             label = f"{iocs // 1000}k IOCs, {latency} ms/page"
-            result = {}
+            result, cpus = {}, {}
 
             def row(what, argv, floor=None, baseline=None):
                 wall, cpu, rss, out = measure(argv, env)
@@ -99,8 +99,9 @@ def bench_size(binary, python, iocs, rows):
                     fetched = int(re.search(r"fetched (\d+)", out)[1])
                     sent = int(re.search(r"unique (\d+)", out)[1])
                 result[what] = wall
+                cpus[what] = cpu
                 rows.append((label, what, wall, cpu, rss, fetched / wall, sent,
-                             wall / result[floor] if floor else None, baseline))
+                             wall / result[floor] if floor else None, baseline, None))
 
             row("dry run (floor)", ours("api", "--dry-run"))
             row("full, relay", ours("relay"), floor="dry run (floor)")
@@ -109,10 +110,10 @@ def bench_size(binary, python, iocs, rows):
                          "--key", sandbox.key, "--chain", sandbox.chain, "--lookup", "bench_incumbent",
                          "--collection", "Devo Export"]
             row("incumbent (Python)", incumbent)
-            base = result["incumbent (Python)"]
+            base, base_cpu = result["incumbent (Python)"], cpus["incumbent (Python)"]
             for i, r in enumerate(rows):
                 if r[0] == label and r[1].startswith("full"):
-                    rows[i] = r[:8] + (base / r[2],)
+                    rows[i] = r[:8] + (base / r[2], base_cpu / r[3])
             sandbox.command("change 1")
             measure(ours("api", "--dry-run"), env)  # the change made the stand-in's index stale: rebuild it
             row("dry run, after a 1% change", ours("api", "--dry-run"))
@@ -129,12 +130,13 @@ def main():
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"Machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| ThreatQ | run | wall s | CPU s | peak RSS MiB | IOCs/s | rows sent | ours/floor | baseline/ours |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| ThreatQ | run | wall s | CPU s | peak RSS MiB | IOCs/s | rows sent | ours/floor | baseline/ours "
+          "| baseline CPU/ours |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
-    for label, what, wall, cpu, rss, rate, sent, floor, base in rows:
+    for label, what, wall, cpu, rss, rate, sent, floor, base, base_cpu in rows:
         print(f"| {label} | {what} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {rate:,.0f} | {sent:,} | "
-              f"{fmt(floor, '.2f')} | {fmt(base, '.1f')} |")
+              f"{fmt(floor, '.2f')} | {fmt(base, '.1f')} | {fmt(base_cpu, '.1f')} |")
 
 
 if __name__ == "__main__":
