@@ -118,6 +118,7 @@ def bench_size(binary, python, iocs, rows):
             measure(ours("api", "--dry-run"), env)  # the change made the stand-in's index stale: rebuild it
             row("dry run, after a 1% change", ours("api", "--dry-run"))
             row("1% change, Lookups API", ours("api"), floor="dry run, after a 1% change")
+            row("1% change, relay", ours("relay"), floor="dry run, after a 1% change")
     finally:
         sandbox.stop()
 
