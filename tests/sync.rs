@@ -650,7 +650,11 @@ async fn a_due_resync_a_changed_target_or_the_clock_jumping_back_means_a_full_re
             let uploader = uploader(&settings.devo, &devo_options).unwrap();
             let now = chrono::Utc::now() + chrono::Duration::hours(hours);
             let options = SyncOptions { dry_run: false, allow_mass_delete: false, now };
-            let pages = futures::stream::iter([Ok(collection)]);
+            let mut rows = tqdevo::export::PackedRows::default();
+            for ioc in &collection {
+                rows.push(ioc, &settings.threatq_hostname);
+            }
+            let pages = futures::stream::iter([Ok(rows)]);
             bounded("a sync", sync(pages, &settings, uploader.as_ref(), &state, &options, |_| {})).await.unwrap()
         }
     };

@@ -1,30 +1,50 @@
 //! Reading ThreatQ's JSON defensively: both shapes of type, status, score and tags, `is_active` in all its
 //! encodings, connector records, data collections and the three error body shapes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, de};
 use serde_json::Value;
 
-use super::{ConnectorRecord, DataCollection, Error, FieldDef, Indicator};
+use super::{ConnectorRecord, DataCollection, Error, FieldDef, Indicator, IndicatorRef};
 
-/// A scalar ThreatQ may send as a string, a number or a boolean; kept as the text it was.
-struct Text(String);
+/// A string, borrowed from the page when it holds no escape.
+struct Str<'a>(Cow<'a, str>);
 
-impl From<Text> for String {
-    fn from(text: Text) -> String {
-        text.0
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> de::Visitor<'de> for StrVisitor {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(StrVisitor).map(Str)
     }
 }
 
+/// A scalar ThreatQ may send as a string, a number or a boolean; kept as the text it was.
+struct Text<'a>(Cow<'a, str>);
+
 /// `"IP Address"` or `{"id": 15, "name": "IP Address", ...}`: types, statuses, tags, sources, adversaries.
-enum Named {
-    Plain(String),
-    Object { name: Option<String> },
+enum Named<'a> {
+    Plain(Cow<'a, str>),
+    Object { name: Option<Cow<'a, str>> },
 }
 
-impl Named {
-    fn into_name(self) -> Option<String> {
+impl<'a> Named<'a> {
+    fn into_name(self) -> Option<Cow<'a, str>> {
         match self {
             Named::Plain(s) => Some(s),
             Named::Object { name } => name,
@@ -33,15 +53,15 @@ impl Named {
 }
 
 /// `7`, `"6.50"` or `{"generated_score": "6.50", "manual_score": null}`.
-enum Score {
-    Plain(Text),
-    Object { generated_score: Option<Text>, manual_score: Option<Text> },
+enum Score<'a> {
+    Plain(Text<'a>),
+    Object { generated_score: Option<Text<'a>>, manual_score: Option<Text<'a>> },
 }
 
-impl Score {
+impl<'a> Score<'a> {
     /// The manual score when an analyst set one, else the generated score.
-    fn into_text(self) -> Option<String> {
-        let set = |t: Option<Text>| t.map(String::from).filter(|s| !s.trim().is_empty());
+    fn into_text(self) -> Option<Cow<'a, str>> {
+        let set = |t: Option<Text<'a>>| t.map(|t| t.0).filter(|s| !s.trim().is_empty());
         match self {
             Score::Plain(t) => set(Some(t)),
             Score::Object { generated_score, manual_score } => set(manual_score).or_else(|| set(generated_score)),
@@ -52,46 +72,55 @@ impl Score {
 /// The shapes above, read by hand rather than as `#[serde(untagged)]` enums: those buffer each value (and every
 /// field of every tag, source and adversary object) before trying the shapes in turn, which was most of the cost
 /// of decoding a page. What is accepted and refused is the same.
-trait Shape: Sized {
+trait Shape<'de>: Sized {
     const EXPECTING: &'static str;
     /// A string (`quoted`) or a number or boolean, as text.
-    fn scalar(text: String, quoted: bool) -> Option<Self>;
+    fn scalar(text: Cow<'de, str>, quoted: bool) -> Option<Self>;
     /// An object, `None` if this shape has none.
-    fn object<'de, A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>>;
+    fn object<A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>>;
 }
 
 struct ShapeVisitor<T>(std::marker::PhantomData<T>);
 
-impl<'de, T: Shape> de::Visitor<'de> for ShapeVisitor<T> {
+impl<'de, T: Shape<'de>> de::Visitor<'de> for ShapeVisitor<T> {
     type Value = T;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str(T::EXPECTING)
     }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<T, E> {
+        self.string(Cow::Borrowed(v))
+    }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        self.visit_string(v.to_owned())
+        self.string(Cow::Owned(v.to_owned()))
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<T, E> {
-        T::scalar(v, true).ok_or_else(|| E::invalid_type(de::Unexpected::Other("a string"), &self))
+        self.string(Cow::Owned(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        T::scalar(serde_json::Number::from(v).to_string(), false)
+        T::scalar(serde_json::Number::from(v).to_string().into(), false)
             .ok_or_else(|| E::invalid_type(de::Unexpected::Unsigned(v), &self))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        T::scalar(serde_json::Number::from(v).to_string(), false)
+        T::scalar(serde_json::Number::from(v).to_string().into(), false)
             .ok_or_else(|| E::invalid_type(de::Unexpected::Signed(v), &self))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
         serde_json::Number::from_f64(v)
-            .and_then(|n| T::scalar(n.to_string(), false))
+            .and_then(|n| T::scalar(n.to_string().into(), false))
             .ok_or_else(|| E::invalid_type(de::Unexpected::Float(v), &self))
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
-        T::scalar(v.to_string(), false).ok_or_else(|| E::invalid_type(de::Unexpected::Bool(v), &self))
+        T::scalar(v.to_string().into(), false).ok_or_else(|| E::invalid_type(de::Unexpected::Bool(v), &self))
     }
     fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
         T::object(map).unwrap_or_else(|| Err(de::Error::invalid_type(de::Unexpected::Map, &self)))
+    }
+}
+
+impl<'de, T: Shape<'de>> ShapeVisitor<T> {
+    fn string<E: de::Error>(self, v: Cow<'de, str>) -> Result<T, E> {
+        T::scalar(v, true).ok_or_else(|| E::invalid_type(de::Unexpected::Other("a string"), &self))
     }
 }
 
@@ -101,7 +130,7 @@ fn fields<'de, A: de::MapAccess<'de>, V: Deserialize<'de>, const N: usize>(
     wanted: [&'static str; N],
 ) -> Result<[Option<V>; N], A::Error> {
     let mut values: [Option<Option<V>>; N] = std::array::from_fn(|_| None);
-    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+    while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
         match wanted.iter().position(|w| *w == key) {
             Some(i) if values[i].is_some() => return Err(de::Error::duplicate_field(wanted[i])),
             Some(i) => values[i] = Some(map.next_value()?),
@@ -113,32 +142,32 @@ fn fields<'de, A: de::MapAccess<'de>, V: Deserialize<'de>, const N: usize>(
     Ok(values.map(Option::flatten))
 }
 
-impl Shape for Text {
+impl<'de> Shape<'de> for Text<'de> {
     const EXPECTING: &'static str = "a string, a number or a boolean";
-    fn scalar(text: String, _: bool) -> Option<Self> {
+    fn scalar(text: Cow<'de, str>, _: bool) -> Option<Self> {
         Some(Text(text))
     }
-    fn object<'de, A: de::MapAccess<'de>>(_: A) -> Option<Result<Self, A::Error>> {
+    fn object<A: de::MapAccess<'de>>(_: A) -> Option<Result<Self, A::Error>> {
         None
     }
 }
 
-impl Shape for Named {
+impl<'de> Shape<'de> for Named<'de> {
     const EXPECTING: &'static str = "a name, or an object with a name";
-    fn scalar(text: String, quoted: bool) -> Option<Self> {
+    fn scalar(text: Cow<'de, str>, quoted: bool) -> Option<Self> {
         quoted.then_some(Named::Plain(text))
     }
-    fn object<'de, A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
-        Some(fields(map, ["name"]).map(|[name]| Named::Object { name }))
+    fn object<A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
+        Some(fields(map, ["name"]).map(|[name]: [Option<Str<'de>>; 1]| Named::Object { name: name.map(|n| n.0) }))
     }
 }
 
-impl Shape for Score {
+impl<'de> Shape<'de> for Score<'de> {
     const EXPECTING: &'static str = "a score, or an object with generated_score and manual_score";
-    fn scalar(text: String, _: bool) -> Option<Self> {
+    fn scalar(text: Cow<'de, str>, _: bool) -> Option<Self> {
         Some(Score::Plain(Text(text)))
     }
-    fn object<'de, A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
+    fn object<A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
         Some(
             fields(map, ["generated_score", "manual_score"])
                 .map(|[generated_score, manual_score]| Score::Object { generated_score, manual_score }),
@@ -147,104 +176,204 @@ impl Shape for Score {
 }
 
 macro_rules! deserialize_by_shape {
-    ($($t:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $t {
+    ($($t:ident),*) => {$(
+        impl<'de: 'a, 'a> Deserialize<'de> for $t<'a> {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_any(ShapeVisitor(std::marker::PhantomData))
+                d.deserialize_any(ShapeVisitor::<$t<'de>>(std::marker::PhantomData))
             }
         }
     )*};
 }
 deserialize_by_shape!(Text, Named, Score);
 
-#[derive(Deserialize)]
-struct RawAttribute {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    value: Option<Text>,
+/// Reads a list one element at a time as `R`, keeping what `keep` makes of each: no list of `R` in between.
+fn kept<'de, D: Deserializer<'de>, R: Deserialize<'de>, T>(d: D, keep: fn(R) -> Option<T>) -> Result<Vec<T>, D::Error> {
+    struct Kept<R, T>(fn(R) -> Option<T>);
+    impl<'de, R: Deserialize<'de>, T> de::Visitor<'de> for Kept<R, T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut kept = Vec::new();
+            while let Some(raw) = seq.next_element()? {
+                kept.extend((self.0)(raw));
+            }
+            Ok(kept)
+        }
+    }
+    d.deserialize_seq(Kept(keep))
 }
 
-/// An indicator as ThreatQ sends it; `Option<Vec<_>>` so that `null` lists read as empty.
-#[derive(Deserialize)]
-pub(super) struct RawIndicator {
-    pub(super) id: u64,
-    #[serde(default)]
-    value: Option<Text>,
-    #[serde(default, rename = "type")]
-    kind: Option<Named>,
-    #[serde(default)]
-    status: Option<Named>,
-    #[serde(default)]
-    score: Option<Score>,
-    #[serde(default)]
-    attributes: Option<Vec<RawAttribute>>,
-    #[serde(default)]
-    adversaries: Option<Vec<Named>>,
-    #[serde(default)]
-    related_adversary_count: Option<Text>,
-    #[serde(default)]
-    sources: Option<Vec<Named>>,
-    #[serde(default)]
-    tags: Option<Vec<Named>>,
-    #[serde(default)]
-    created_at: Option<String>,
-    #[serde(default)]
-    updated_at: Option<String>,
-    #[serde(default)]
-    expires_at: Option<String>,
-    #[serde(default)]
-    expired_at: Option<String>,
+/// Tags, sources or adversaries: the names given.
+struct Names<'a>(Vec<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Names<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        kept(d, Named::<'de>::into_name).map(Names)
+    }
 }
 
-fn names(list: Option<Vec<Named>>) -> Vec<String> {
-    list.unwrap_or_default().into_iter().filter_map(Named::into_name).collect()
+#[derive(Deserialize)]
+struct RawAttribute<'a> {
+    #[serde(default, borrow)]
+    name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    value: Option<Text<'a>>,
+}
+
+/// `(name, value)` of the attributes that have a name.
+struct Attributes<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Attributes<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        kept(d, |a: RawAttribute<'de>| Some((a.name?.0, a.value.map(|v| v.0).unwrap_or_default()))).map(Attributes)
+    }
+}
+
+/// An indicator as ThreatQ sends it; `Option<_>` so that `null` lists read as empty.
+#[derive(Deserialize)]
+pub(super) struct RawIndicator<'a> {
+    id: u64,
+    #[serde(default, borrow)]
+    value: Option<Text<'a>>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Named<'a>>,
+    #[serde(default, borrow)]
+    status: Option<Named<'a>>,
+    #[serde(default, borrow)]
+    score: Option<Score<'a>>,
+    #[serde(default, borrow)]
+    attributes: Option<Attributes<'a>>,
+    #[serde(default, borrow)]
+    adversaries: Option<Names<'a>>,
+    #[serde(default, borrow)]
+    related_adversary_count: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    sources: Option<Names<'a>>,
+    #[serde(default, borrow)]
+    tags: Option<Names<'a>>,
+    #[serde(default, borrow)]
+    created_at: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    updated_at: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    expires_at: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    expired_at: Option<Str<'a>>,
 }
 
 /// One indicator as ThreatQ's JSON gives it (either shape of type, status, score and tags).
 pub fn indicator_from_json(value: Value) -> Result<Indicator, serde_json::Error> {
-    serde_json::from_value::<RawIndicator>(value).map(Indicator::from)
+    RawIndicator::deserialize(&value).map(|raw| raw.into_indicator().into_owned())
 }
 
-impl From<RawIndicator> for Indicator {
-    fn from(raw: RawIndicator) -> Indicator {
-        let adversaries_given = raw.adversaries.is_some();
-        let adversaries = names(raw.adversaries);
+impl<'a> RawIndicator<'a> {
+    fn into_indicator(self) -> IndicatorRef<'a> {
+        let adversaries_given = self.adversaries.is_some();
+        let names = |list: Option<Names<'a>>| list.map(|n| n.0).unwrap_or_default();
+        let adversaries = names(self.adversaries);
         // The count ThreatQ reports wins (it covers adversaries not embedded); otherwise count what came.
-        let related_adversary_count = raw
+        let related_adversary_count = self
             .related_adversary_count
-            .and_then(|t| String::from(t).trim().parse::<u64>().ok())
+            .and_then(|t| t.0.trim().parse::<u64>().ok())
             .or(adversaries_given.then_some(adversaries.len() as u64));
+        let text = |s: Option<Str<'a>>| s.map(|s| s.0);
         Indicator {
-            id: raw.id,
-            value: raw.value.map(String::from).unwrap_or_default(),
-            type_name: raw.kind.and_then(Named::into_name).unwrap_or_default(),
-            status: raw.status.and_then(Named::into_name).unwrap_or_default(),
-            score: raw.score.and_then(Score::into_text),
-            attributes: raw
-                .attributes
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|a| Some((a.name?, a.value.map(String::from).unwrap_or_default())))
-                .collect(),
+            id: self.id,
+            value: self.value.map(|t| t.0).unwrap_or_default(),
+            type_name: self.kind.and_then(Named::into_name).unwrap_or_default(),
+            status: self.status.and_then(Named::into_name).unwrap_or_default(),
+            score: self.score.and_then(Score::into_text),
+            attributes: self.attributes.map(|a| a.0).unwrap_or_default(),
             adversaries,
             related_adversary_count,
-            sources: names(raw.sources),
-            tags: names(raw.tags),
-            created_at: raw.created_at,
-            updated_at: raw.updated_at,
-            expires_at: raw.expires_at.or(raw.expired_at),
+            sources: names(self.sources),
+            tags: names(self.tags),
+            created_at: text(self.created_at),
+            updated_at: text(self.updated_at),
+            expires_at: text(self.expires_at.or(self.expired_at)),
         }
     }
 }
 
-/// A page of indicators.
-#[derive(Deserialize)]
-pub(super) struct Page {
-    #[serde(default)]
-    pub total: Option<u64>,
-    #[serde(default)]
-    pub data: Option<Vec<RawIndicator>>,
+/// Reads a page of indicators from `body`, handing each to `each` as soon as it is read (nothing of the page is
+/// kept here); returns the page's `total` as ThreatQ gave it.
+pub(super) fn page<'de>(
+    body: &'de [u8],
+    each: impl FnMut(IndicatorRef<'de>),
+) -> Result<Option<u64>, serde_json::Error> {
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let total = de::DeserializeSeed::deserialize(PageSeed(each), &mut reader)?;
+    reader.end()?;
+    Ok(total)
+}
+
+/// `{"total": n, "data": [indicator, ...]}`, either part missing or `null`.
+struct PageSeed<F>(F);
+
+impl<'de, F: FnMut(IndicatorRef<'de>)> de::DeserializeSeed<'de> for PageSeed<F> {
+    type Value = Option<u64>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(IndicatorRef<'de>)> de::Visitor<'de> for PageSeed<F> {
+    type Value = Option<u64>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a page of indicators")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(mut self, mut map: A) -> Result<Option<u64>, A::Error> {
+        let (mut total, mut data) = (None, false);
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+            match &*key {
+                "total" if total.is_some() => return Err(de::Error::duplicate_field("total")),
+                "total" => total = Some(map.next_value::<Option<u64>>()?),
+                "data" if data => return Err(de::Error::duplicate_field("data")),
+                "data" => {
+                    map.next_value_seed(Data(&mut self.0))?;
+                    data = true;
+                }
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(total.flatten())
+    }
+}
+
+/// The `data` list of a page, each indicator passed on as it is read.
+struct Data<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(IndicatorRef<'de>)> de::DeserializeSeed<'de> for Data<'_, F> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, F: FnMut(IndicatorRef<'de>)> de::Visitor<'de> for Data<'_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of indicators")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<RawIndicator<'de>>()? {
+            (self.0)(raw.into_indicator());
+        }
+        Ok(())
+    }
 }
 
 /// Reads `is_active` however the instance encodes it; `None` for an encoding nobody documented.
@@ -276,10 +405,7 @@ pub(super) fn error_message(body: &[u8]) -> Option<String> {
 
 /// The message of a 2xx body that carries an `errors` key; a cheap byte scan first, as pages are large.
 pub(super) fn errors_in_success(body: &[u8]) -> Option<String> {
-    const KEY: &[u8] = b"\"errors\"";
-    if !body.windows(KEY.len()).any(|w| w == KEY) {
-        return None;
-    }
+    memchr::memmem::find(body, b"\"errors\"")?;
     match serde_json::from_slice::<Value>(body).ok()? {
         Value::Object(map) if map.contains_key("errors") => error_message(body),
         _ => None,
@@ -404,7 +530,7 @@ mod tests {
     use super::*;
 
     fn indicator(value: Value) -> Indicator {
-        serde_json::from_value::<RawIndicator>(value).expect("parses").into()
+        indicator_from_json(value).expect("parses")
     }
 
     #[test]
@@ -422,7 +548,7 @@ mod tests {
     /// Read from the text as pages are, the shapes take what they took as untagged enums and refuse the rest.
     #[test]
     fn shapes_read_from_text_accept_and_refuse_as_before() {
-        let parse = |json: &str| serde_json::from_str::<RawIndicator>(json).map(Indicator::from);
+        let parse = |json: &str| serde_json::from_str::<RawIndicator>(json).map(|r| r.into_indicator().into_owned());
         let ioc = parse(
             r#"{"id": 2, "value": 12.5, "type": {"id": 3, "name": "IP Address", "extra": {"name": 1}},
                 "status": {"id": 1}, "score": {"generated_score": true, "other": [1, {}]},
@@ -475,6 +601,32 @@ mod tests {
         let counted = indicator(json!({"id": 5, "adversaries": [], "related_adversary_count": "4"}));
         assert_eq!(counted.related_adversary_count, Some(4));
         assert_eq!(indicator(json!({"id": 5})).related_adversary_count, None);
+    }
+
+    /// A page is read an indicator at a time, borrowing the text that holds no escape; `total` and `data` may
+    /// come in any order, be `null` or be missing, and the page reads as a whole object or not at all.
+    #[test]
+    fn pages_hand_over_each_indicator_as_it_is_read() {
+        let read = |body: &str| {
+            let mut seen = Vec::new();
+            page(body.as_bytes(), |ioc| {
+                seen.push((matches!(ioc.value, Cow::Borrowed(_)), ioc.into_owned()));
+            })
+            .map(|total| (total, seen))
+        };
+        let (total, seen) =
+            read(r#"{"data": [{"id": 1, "value": "a.b", "tags": ["t"]}, {"id": 2, "value": "\u0061"}], "total": 9}"#)
+                .unwrap();
+        assert_eq!(total, Some(9));
+        let borrowed: Vec<(bool, &str)> = seen.iter().map(|(b, ioc)| (*b, ioc.value.as_str())).collect();
+        assert_eq!(borrowed, [(true, "a.b"), (false, "a")]);
+        assert_eq!(seen[0].1, indicator(json!({"id": 1, "value": "a.b", "tags": ["t"]})));
+        for empty in [r#"{"total": 0, "data": null}"#, r#"{"total": null}"#, "{}"] {
+            assert!(read(empty).unwrap().1.is_empty(), "{empty}");
+        }
+        for refused in [r#"{"data": [], "data": []}"#, r#"{"data": [{"value": "x"}]}"#, r#"{"data": []} x"#, "[]"] {
+            assert!(read(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]
