@@ -18,7 +18,7 @@ use super::sync::{self, Summary, SyncOptions};
 use super::{cron, lock};
 use crate::Error;
 use crate::devo::{self, DevoOptions};
-use crate::export::PackedRows;
+use crate::export::{PackedRows, RowMapper};
 use crate::threatq::{Client, ConnectorRegistry, IndicatorRef};
 
 /// What one run needs besides the ThreatQ record.
@@ -183,9 +183,9 @@ async fn export(
     tracing::info!(collection = %collection.name, devo = %uploader.describe(), "exporting");
     let progress = Progress::new("IOCs");
     let options = SyncOptions { dry_run: ctx.dry_run, allow_mass_delete: ctx.allow_mass_delete, now: started };
-    let hostname = settings.threatq_hostname.clone();
+    let mapper = RowMapper::new(&settings.threatq_hostname);
     // Rows are made on the task that read the page, from the indicators as they are read.
-    let map = move |rows: &mut PackedRows, ioc: IndicatorRef<'_>| rows.push(&ioc, &hostname);
+    let map = move |rows: &mut PackedRows, ioc: IndicatorRef<'_>| mapper.push(rows, &ioc);
     let pages = client
         .pages_into(&collection, settings.batch_size, settings.parallel_page_requests.into(), map)
         .inspect_ok(|batch| {

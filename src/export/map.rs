@@ -64,17 +64,29 @@ pub struct PackedRows {
     ends: Vec<usize>,
 }
 
-impl PackedRows {
-    /// Adds the row of one indicator; `threatq_hostname` is the UI's "ThreatQ Hostname", used for the link back.
-    pub fn push<S: AsRef<str>>(&mut self, ioc: &Indicator<S>, threatq_hostname: &str) {
-        use std::fmt::Write as _;
-        let PackedRows { text, ends } = self;
-        let mut end = |text: &String| ends.push(text.len());
+/// Makes indicators into rows.
+#[derive(Clone, Debug)]
+pub struct RowMapper {
+    /// `https://{host}/indicators/`, the start of each link back to ThreatQ.
+    link: String,
+}
+
+impl RowMapper {
+    /// `threatq_hostname` is the UI's "ThreatQ Hostname", used for the link back.
+    pub fn new(threatq_hostname: &str) -> RowMapper {
+        let host =
+            threatq_hostname.trim().trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+        RowMapper { link: format!("https://{host}/indicators/") }
+    }
+
+    /// Adds the row of one indicator to `rows`.
+    pub fn push<S: AsRef<str>>(&self, rows: &mut PackedRows, ioc: &Indicator<S>) {
         fn optional<S: AsRef<str>>(value: &Option<S>) -> &str {
             value.as_ref().map_or("", AsRef::as_ref)
         }
-        let host =
-            threatq_hostname.trim().trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+        let PackedRows { text, ends } = rows;
+        let mut end = |text: &String| ends.push(text.len());
+        let mut digits = itoa::Buffer::new();
         for plain in [ioc.value.as_ref(), ioc.type_name.as_ref(), ioc.status.as_ref(), optional(&ioc.score)] {
             text.push_str(plain);
             end(text);
@@ -86,12 +98,14 @@ impl PackedRows {
         let adversaries = ioc.adversaries.iter().map(AsRef::as_ref);
         join_distinct(text, ADVERSARY_ATTRIBUTES.iter().flat_map(|name| ioc.attribute(name)).chain(adversaries));
         end(text);
-        let has_adversary = ioc.related_adversary_count.unwrap_or(ioc.adversaries.len() as u64);
-        write!(text, "{has_adversary}").expect("writing to a String");
+        text.push_str(digits.format(ioc.related_adversary_count.unwrap_or(ioc.adversaries.len() as u64)));
         end(text);
-        write!(text, "https://{host}/indicators/{}/details", ioc.id).expect("writing to a String");
+        let id = digits.format(ioc.id);
+        for part in [self.link.as_str(), id, "/details"] {
+            text.push_str(part);
+        }
         end(text);
-        write!(text, "{}", ioc.id).expect("writing to a String");
+        text.push_str(id);
         end(text);
         join_distinct(text, ioc.sources.iter().map(AsRef::as_ref));
         end(text);
@@ -102,7 +116,9 @@ impl PackedRows {
             end(text);
         }
     }
+}
 
+impl PackedRows {
     /// How many rows.
     pub fn len(&self) -> usize {
         self.ends.len() / COLUMNS.len()
@@ -136,7 +152,7 @@ impl PackedRows {
 /// The row for one indicator; `threatq_hostname` is the UI's "ThreatQ Hostname", used for the link back.
 pub fn map_indicator<S: AsRef<str>>(ioc: &Indicator<S>, threatq_hostname: &str) -> Row {
     let mut packed = PackedRows::default();
-    packed.push(ioc, threatq_hostname);
+    RowMapper::new(threatq_hostname).push(&mut packed, ioc);
     packed.fields(0).map(str::to_owned).collect()
 }
 
@@ -206,9 +222,9 @@ mod tests {
         let mut bare = apt_ioc();
         (bare.id, bare.value, bare.score, bare.attributes, bare.sources) = (7, " x ".into(), None, vec![], vec![]);
         let iocs = [apt_ioc(), bare, Indicator::default(), apt_ioc()];
-        let mut packed = PackedRows::default();
+        let (mut packed, mapper) = (PackedRows::default(), RowMapper::new("tq"));
         for ioc in &iocs {
-            packed.push(ioc, "tq");
+            mapper.push(&mut packed, ioc);
         }
         assert_eq!(packed.len(), 4);
         let mut row = Row::new();

@@ -34,6 +34,48 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
+/// An object's key, as bytes: keys are only compared with names this reader knows, so they need no UTF-8 check
+/// (which was a good part of reading a page).
+struct Key<'a>(Cow<'a, [u8]>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> de::Visitor<'de> for KeyVisitor {
+            type Value = Cow<'de, [u8]>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v.as_bytes()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.as_bytes().to_owned()))
+            }
+        }
+        d.deserialize_bytes(KeyVisitor).map(Key)
+    }
+}
+
+/// Reads the value of a field into its slot, refusing a field given twice.
+fn put<'de, A: de::MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    slot: &mut Option<T>,
+    name: &'static str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(name));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
+}
+
 /// A scalar ThreatQ may send as a string, a number or a boolean; kept as the text it was.
 struct Text<'a>(Cow<'a, str>);
 
@@ -130,8 +172,8 @@ fn fields<'de, A: de::MapAccess<'de>, V: Deserialize<'de>, const N: usize>(
     wanted: [&'static str; N],
 ) -> Result<[Option<V>; N], A::Error> {
     let mut values: [Option<Option<V>>; N] = std::array::from_fn(|_| None);
-    while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
-        match wanted.iter().position(|w| *w == key) {
+    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+        match wanted.iter().position(|w| w.as_bytes() == &*key) {
             Some(i) if values[i].is_some() => return Err(de::Error::duplicate_field(wanted[i])),
             Some(i) => values[i] = Some(map.next_value()?),
             None => {
@@ -214,12 +256,32 @@ impl<'de: 'a, 'a> Deserialize<'de> for Names<'a> {
     }
 }
 
-#[derive(Deserialize)]
-struct RawAttribute<'a> {
-    #[serde(default, borrow)]
-    name: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    value: Option<Text<'a>>,
+/// An attribute's `(name, value)`, `None` if it has no name.
+struct RawAttribute<'a>(Option<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawAttribute<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AttributeVisitor;
+        impl<'de> de::Visitor<'de> for AttributeVisitor {
+            type Value = RawAttribute<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an attribute")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawAttribute<'de>, A::Error> {
+                let (mut name, mut value) = (None::<Option<Str>>, None::<Option<Text>>);
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    match &*key {
+                        b"name" => put(&mut map, &mut name, "name"),
+                        b"value" => put(&mut map, &mut value, "value"),
+                        _ => map.next_value::<de::IgnoredAny>().map(drop),
+                    }?;
+                }
+                let value = value.flatten().map(|v| v.0).unwrap_or_default();
+                Ok(RawAttribute(name.flatten().map(|name| (name.0, value))))
+            }
+        }
+        d.deserialize_map(AttributeVisitor)
+    }
 }
 
 /// `(name, value)` of the attributes that have a name.
@@ -227,74 +289,89 @@ struct Attributes<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Attributes<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        kept(d, |a: RawAttribute<'de>| Some((a.name?.0, a.value.map(|v| v.0).unwrap_or_default()))).map(Attributes)
+        kept(d, |a: RawAttribute<'de>| a.0).map(Attributes)
     }
 }
 
-/// An indicator as ThreatQ sends it; `Option<_>` so that `null` lists read as empty.
-#[derive(Deserialize)]
-pub(super) struct RawIndicator<'a> {
-    id: u64,
-    #[serde(default, borrow)]
-    value: Option<Text<'a>>,
-    #[serde(default, borrow, rename = "type")]
-    kind: Option<Named<'a>>,
-    #[serde(default, borrow)]
-    status: Option<Named<'a>>,
-    #[serde(default, borrow)]
-    score: Option<Score<'a>>,
-    #[serde(default, borrow)]
-    attributes: Option<Attributes<'a>>,
-    #[serde(default, borrow)]
-    adversaries: Option<Names<'a>>,
-    #[serde(default, borrow)]
-    related_adversary_count: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    sources: Option<Names<'a>>,
-    #[serde(default, borrow)]
-    tags: Option<Names<'a>>,
-    #[serde(default, borrow)]
-    created_at: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    updated_at: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    expires_at: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    expired_at: Option<Str<'a>>,
+/// An indicator as ThreatQ sends it, read into its normalised form: either shape of type, status, score and tags;
+/// `null` lists read as empty.
+pub(super) struct RawIndicator<'a>(IndicatorRef<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawIndicator<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(IndicatorVisitor).map(RawIndicator)
+    }
+}
+
+struct IndicatorVisitor;
+
+impl<'de> de::Visitor<'de> for IndicatorVisitor {
+    type Value = IndicatorRef<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an indicator")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<IndicatorRef<'de>, A::Error> {
+        let mut id = None;
+        let (mut value, mut related_adversary_count) = (None::<Option<Text>>, None::<Option<Text>>);
+        let (mut kind, mut status) = (None::<Option<Named>>, None::<Option<Named>>);
+        let mut score = None::<Option<Score>>;
+        let mut attributes = None::<Option<Attributes>>;
+        let (mut adversaries, mut sources, mut tags) = (None::<Option<Names>>, None::<Option<Names>>, None);
+        let [mut created_at, mut updated_at, mut expires_at, mut expired_at] = [const { None::<Option<Str>> }; 4];
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let m = &mut map;
+            match &*key {
+                b"id" => put(m, &mut id, "id"),
+                b"value" => put(m, &mut value, "value"),
+                b"type" => put(m, &mut kind, "type"),
+                b"status" => put(m, &mut status, "status"),
+                b"score" => put(m, &mut score, "score"),
+                b"attributes" => put(m, &mut attributes, "attributes"),
+                b"adversaries" => put(m, &mut adversaries, "adversaries"),
+                b"related_adversary_count" => put(m, &mut related_adversary_count, "related_adversary_count"),
+                b"sources" => put(m, &mut sources, "sources"),
+                b"tags" => put(m, &mut tags, "tags"),
+                b"created_at" => put(m, &mut created_at, "created_at"),
+                b"updated_at" => put(m, &mut updated_at, "updated_at"),
+                b"expires_at" => put(m, &mut expires_at, "expires_at"),
+                b"expired_at" => put(m, &mut expired_at, "expired_at"),
+                _ => m.next_value::<de::IgnoredAny>().map(drop),
+            }?;
+        }
+        let id: u64 = id.ok_or_else(|| de::Error::missing_field("id"))?;
+        let adversaries = adversaries.flatten();
+        let adversaries_given = adversaries.is_some();
+        let names = |list: Option<Names<'de>>| list.map(|n| n.0).unwrap_or_default();
+        let adversaries = names(adversaries);
+        // The count ThreatQ reports wins (it covers adversaries not embedded); otherwise count what came.
+        let related_adversary_count = related_adversary_count
+            .flatten()
+            .and_then(|t| t.0.trim().parse::<u64>().ok())
+            .or(adversaries_given.then_some(adversaries.len() as u64));
+        let text = |s: Option<Option<Str<'de>>>| s.flatten().map(|s| s.0);
+        Ok(Indicator {
+            id,
+            value: value.flatten().map(|t| t.0).unwrap_or_default(),
+            type_name: kind.flatten().and_then(Named::into_name).unwrap_or_default(),
+            status: status.flatten().and_then(Named::into_name).unwrap_or_default(),
+            score: score.flatten().and_then(Score::into_text),
+            attributes: attributes.flatten().map(|a| a.0).unwrap_or_default(),
+            adversaries,
+            related_adversary_count,
+            sources: names(sources.flatten()),
+            tags: names(tags.flatten()),
+            created_at: text(created_at),
+            updated_at: text(updated_at),
+            expires_at: text(expires_at).or(text(expired_at)),
+        })
+    }
 }
 
 /// One indicator as ThreatQ's JSON gives it (either shape of type, status, score and tags).
 pub fn indicator_from_json(value: Value) -> Result<Indicator, serde_json::Error> {
-    RawIndicator::deserialize(&value).map(|raw| raw.into_indicator().into_owned())
-}
-
-impl<'a> RawIndicator<'a> {
-    fn into_indicator(self) -> IndicatorRef<'a> {
-        let adversaries_given = self.adversaries.is_some();
-        let names = |list: Option<Names<'a>>| list.map(|n| n.0).unwrap_or_default();
-        let adversaries = names(self.adversaries);
-        // The count ThreatQ reports wins (it covers adversaries not embedded); otherwise count what came.
-        let related_adversary_count = self
-            .related_adversary_count
-            .and_then(|t| t.0.trim().parse::<u64>().ok())
-            .or(adversaries_given.then_some(adversaries.len() as u64));
-        let text = |s: Option<Str<'a>>| s.map(|s| s.0);
-        Indicator {
-            id: self.id,
-            value: self.value.map(|t| t.0).unwrap_or_default(),
-            type_name: self.kind.and_then(Named::into_name).unwrap_or_default(),
-            status: self.status.and_then(Named::into_name).unwrap_or_default(),
-            score: self.score.and_then(Score::into_text),
-            attributes: self.attributes.map(|a| a.0).unwrap_or_default(),
-            adversaries,
-            related_adversary_count,
-            sources: names(self.sources),
-            tags: names(self.tags),
-            created_at: text(self.created_at),
-            updated_at: text(self.updated_at),
-            expires_at: text(self.expires_at.or(self.expired_at)),
-        }
-    }
+    RawIndicator::deserialize(&value).map(|raw| raw.0.into_owned())
 }
 
 /// Reads a page of indicators from `body`, handing each to `each` as soon as it is read (nothing of the page is
@@ -326,12 +403,12 @@ impl<'de, F: FnMut(IndicatorRef<'de>)> de::Visitor<'de> for PageSeed<F> {
     }
     fn visit_map<A: de::MapAccess<'de>>(mut self, mut map: A) -> Result<Option<u64>, A::Error> {
         let (mut total, mut data) = (None, false);
-        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
-                "total" if total.is_some() => return Err(de::Error::duplicate_field("total")),
-                "total" => total = Some(map.next_value::<Option<u64>>()?),
-                "data" if data => return Err(de::Error::duplicate_field("data")),
-                "data" => {
+                b"total" if total.is_some() => return Err(de::Error::duplicate_field("total")),
+                b"total" => total = Some(map.next_value::<Option<u64>>()?),
+                b"data" if data => return Err(de::Error::duplicate_field("data")),
+                b"data" => {
                     map.next_value_seed(Data(&mut self.0))?;
                     data = true;
                 }
@@ -369,8 +446,8 @@ impl<'de, F: FnMut(IndicatorRef<'de>)> de::Visitor<'de> for Data<'_, F> {
         d.deserialize_seq(self)
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(raw) = seq.next_element::<RawIndicator<'de>>()? {
-            (self.0)(raw.into_indicator());
+        while let Some(RawIndicator(ioc)) = seq.next_element()? {
+            (self.0)(ioc);
         }
         Ok(())
     }
@@ -548,7 +625,7 @@ mod tests {
     /// Read from the text as pages are, the shapes take what they took as untagged enums and refuse the rest.
     #[test]
     fn shapes_read_from_text_accept_and_refuse_as_before() {
-        let parse = |json: &str| serde_json::from_str::<RawIndicator>(json).map(|r| r.into_indicator().into_owned());
+        let parse = |json: &str| serde_json::from_str::<RawIndicator>(json).map(|r| r.0.into_owned());
         let ioc = parse(
             r#"{"id": 2, "value": 12.5, "type": {"id": 3, "name": "IP Address", "extra": {"name": 1}},
                 "status": {"id": 1}, "score": {"generated_score": true, "other": [1, {}]},
