@@ -380,10 +380,20 @@ pub(super) fn page<'de>(
     body: &'de [u8],
     each: impl FnMut(IndicatorRef<'de>),
 ) -> Result<Option<u64>, serde_json::Error> {
-    let mut reader = serde_json::Deserializer::from_slice(body);
-    let total = de::DeserializeSeed::deserialize(PageSeed(each), &mut reader)?;
-    reader.end()?;
-    Ok(total)
+    fn read<'de, R: serde_json::de::Read<'de>>(
+        mut reader: serde_json::Deserializer<R>,
+        each: impl FnMut(IndicatorRef<'de>),
+    ) -> Result<Option<u64>, serde_json::Error> {
+        let total = de::DeserializeSeed::deserialize(PageSeed(each), &mut reader)?;
+        reader.end()?;
+        Ok(total)
+    }
+    match std::str::from_utf8(body) {
+        // Checked whole at once, the text needs no check string by string, which is much slower.
+        Ok(text) => read(serde_json::Deserializer::from_str(text), each),
+        // Bytes that are not UTF-8 may sit in a field skipped here: check only the strings kept, as before.
+        Err(_) => read(serde_json::Deserializer::from_slice(body), each),
+    }
 }
 
 /// `{"total": n, "data": [indicator, ...]}`, either part missing or `null`.
@@ -701,6 +711,9 @@ mod tests {
         for empty in [r#"{"total": 0, "data": null}"#, r#"{"total": null}"#, "{}"] {
             assert!(read(empty).unwrap().1.is_empty(), "{empty}");
         }
+        let skipped = page(b"{\"data\": [{\"id\": 1, \"note\": \"\xff\"}]}", |ioc| assert_eq!(ioc.id, 1));
+        assert_eq!(skipped.unwrap(), None, "bytes not UTF-8 in a field not read");
+        assert!(page(b"{\"data\": [{\"id\": 1, \"value\": \"\xff\"}]}", |_| {}).is_err());
         for refused in [r#"{"data": [], "data": []}"#, r#"{"data": [{"value": "x"}]}"#, r#"{"data": []} x"#, "[]"] {
             assert!(read(refused).is_err(), "{refused}");
         }
