@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::pages::{self, Batch, FetchPage, Tally, Window};
-use super::parse;
+use super::parse::{self, Answer};
 use super::{ClientOptions, DataCollection, Error, Indicator, IndicatorRef, tls};
 use crate::retry::{RetryLogic, RetryPolicy};
 
@@ -258,17 +258,21 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<T, Error> {
-        self.call_with(method, path, query, body, |answer| serde_json::from_slice(answer)).await
+        let read = |answer: &[u8]| match parse::errors_in_success(answer) {
+            Some(message) => Ok(Answer::Errors(message)),
+            None => serde_json::from_slice(answer).map(Answer::Value),
+        };
+        self.call_with(method, path, query, body, read).await
     }
 
-    /// [`Client::call`], with the 2xx answer decoded by `read`.
+    /// [`Client::call`], with the 2xx answer decoded by `read`, which also tells whether it carries `errors`.
     async fn call_with<T>(
         &self,
         method: Method,
         path: &str,
         query: &[(&str, String)],
         body: Option<&Value>,
-        read: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+        read: impl FnOnce(&[u8]) -> Result<Answer<T>, serde_json::Error>,
     ) -> Result<T, Error> {
         let url = self.url(path)?;
         let mut renewed = false;
@@ -300,25 +304,16 @@ impl Client {
         &self,
         path: &str,
         reply: Reply,
-        read: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+        read: impl FnOnce(&[u8]) -> Result<Answer<T>, serde_json::Error>,
     ) -> Result<T, Error> {
         if !reply.status.is_success() {
             return Err(status_error(path, &reply));
         }
-        if let Some(message) = parse::errors_in_success(&reply.body) {
-            return Err(Error::Refused { path: path.to_owned(), message });
+        match read(&reply.body) {
+            Ok(Answer::Value(value)) => Ok(value),
+            Ok(Answer::Errors(message)) => Err(Error::Refused { path: path.to_owned(), message }),
+            Err(e) => Err(garbage(path, e, &reply.body)),
         }
-        read(&reply.body).map_err(|e| {
-            // A proxy or a sign-on portal in the way answers 200 with a page of its own.
-            let html = reply.body.trim_ascii_start().first() == Some(&b'<');
-            let detail = if html {
-                "an HTML page (a proxy or a login page in the way? check the ThreatQ Host and HTTPS_PROXY/NO_PROXY)"
-                    .to_owned()
-            } else {
-                format!("{e} (after {} bytes received)", reply.body.len())
-            };
-            Error::Garbage { path: path.to_owned(), detail }
-        })
     }
 
     fn url(&self, path: &str) -> Result<Url, Error> {
@@ -580,6 +575,18 @@ fn describe(error: reqwest::Error) -> String {
         source = cause.source();
     }
     detail
+}
+
+/// The error for a 2xx answer that is not the JSON asked for.
+fn garbage(path: &str, e: serde_json::Error, body: &[u8]) -> Error {
+    // A proxy or a sign-on portal in the way answers 200 with a page of its own.
+    let html = body.trim_ascii_start().first() == Some(&b'<');
+    let detail = if html {
+        "an HTML page (a proxy or a login page in the way? check the ThreatQ Host and HTTPS_PROXY/NO_PROXY)".to_owned()
+    } else {
+        format!("{e} (after {} bytes received)", body.len())
+    };
+    Error::Garbage { path: path.to_owned(), detail }
 }
 
 fn status_error(path: &str, reply: &Reply) -> Error {

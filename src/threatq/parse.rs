@@ -374,45 +374,59 @@ pub fn indicator_from_json(value: Value) -> Result<Indicator, serde_json::Error>
     RawIndicator::deserialize(&value).map(|raw| raw.0.into_owned())
 }
 
+/// A 2xx answer as read: what was asked for, or the message of the `errors` it carries instead.
+#[derive(Debug, PartialEq)]
+pub(super) enum Answer<T> {
+    Value(T),
+    Errors(String),
+}
+
 /// Reads a page of indicators from `body`, handing each to `each` as soon as it is read (nothing of the page is
-/// kept here); returns the page's `total` as ThreatQ gave it.
+/// kept here); returns the page's `total` as ThreatQ gave it, or the message of the `errors` it carries.
 pub(super) fn page<'de>(
     body: &'de [u8],
     each: impl FnMut(IndicatorRef<'de>),
-) -> Result<Option<u64>, serde_json::Error> {
+) -> Result<Answer<Option<u64>>, serde_json::Error> {
     fn read<'de, R: serde_json::de::Read<'de>>(
         mut reader: serde_json::Deserializer<R>,
         each: impl FnMut(IndicatorRef<'de>),
-    ) -> Result<Option<u64>, serde_json::Error> {
-        let total = de::DeserializeSeed::deserialize(PageSeed(each), &mut reader)?;
+    ) -> Result<(Option<u64>, bool), serde_json::Error> {
+        let read = de::DeserializeSeed::deserialize(PageSeed(each), &mut reader)?;
         reader.end()?;
-        Ok(total)
+        Ok(read)
     }
-    match std::str::from_utf8(body) {
+    let read = match std::str::from_utf8(body) {
         // Checked whole at once, the text needs no check string by string, which is much slower.
         Ok(text) => read(serde_json::Deserializer::from_str(text), each),
         // Bytes that are not UTF-8 may sit in a field skipped here: check only the strings kept, as before.
         Err(_) => read(serde_json::Deserializer::from_slice(body), each),
+    };
+    // The page's own keys tell whether it carries `errors`, without a scan of the whole page; an answer that is
+    // not a page may still carry them.
+    match read {
+        Ok((_, true)) => Ok(Answer::Errors(error_message(body).unwrap_or_default())),
+        Ok((total, false)) => Ok(Answer::Value(total)),
+        Err(e) => errors_in_success(body).map(Answer::Errors).ok_or(e),
     }
 }
 
-/// `{"total": n, "data": [indicator, ...]}`, either part missing or `null`.
+/// `{"total": n, "data": [indicator, ...]}`, either part missing or `null`; with whether it has `errors`.
 struct PageSeed<F>(F);
 
 impl<'de, F: FnMut(IndicatorRef<'de>)> de::DeserializeSeed<'de> for PageSeed<F> {
-    type Value = Option<u64>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+    type Value = (Option<u64>, bool);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de, F: FnMut(IndicatorRef<'de>)> de::Visitor<'de> for PageSeed<F> {
-    type Value = Option<u64>;
+    type Value = (Option<u64>, bool);
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a page of indicators")
     }
-    fn visit_map<A: de::MapAccess<'de>>(mut self, mut map: A) -> Result<Option<u64>, A::Error> {
-        let (mut total, mut data) = (None, false);
+    fn visit_map<A: de::MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut total, mut data, mut errors) = (None, false, false);
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
                 b"total" if total.is_some() => return Err(de::Error::duplicate_field("total")),
@@ -422,12 +436,13 @@ impl<'de, F: FnMut(IndicatorRef<'de>)> de::Visitor<'de> for PageSeed<F> {
                     map.next_value_seed(Data(&mut self.0))?;
                     data = true;
                 }
-                _ => {
+                key => {
+                    errors |= key == b"errors";
                     map.next_value::<de::IgnoredAny>()?;
                 }
             }
         }
-        Ok(total.flatten())
+        Ok((total.flatten(), errors))
     }
 }
 
@@ -704,7 +719,7 @@ mod tests {
         let (total, seen) =
             read(r#"{"data": [{"id": 1, "value": "a.b", "tags": ["t"]}, {"id": 2, "value": "\u0061"}], "total": 9}"#)
                 .unwrap();
-        assert_eq!(total, Some(9));
+        assert_eq!(total, Answer::Value(Some(9)));
         let borrowed: Vec<(bool, &str)> = seen.iter().map(|(b, ioc)| (*b, ioc.value.as_str())).collect();
         assert_eq!(borrowed, [(true, "a.b"), (false, "a")]);
         assert_eq!(seen[0].1, indicator(json!({"id": 1, "value": "a.b", "tags": ["t"]})));
@@ -712,7 +727,15 @@ mod tests {
             assert!(read(empty).unwrap().1.is_empty(), "{empty}");
         }
         let skipped = page(b"{\"data\": [{\"id\": 1, \"note\": \"\xff\"}]}", |ioc| assert_eq!(ioc.id, 1));
-        assert_eq!(skipped.unwrap(), None, "bytes not UTF-8 in a field not read");
+        assert_eq!(skipped.unwrap(), Answer::Value(None), "bytes not UTF-8 in a field not read");
+        // What a scan of the whole answer for `errors` found, the page's own keys tell.
+        let errors = |body: &str| page(body.as_bytes(), |_| {}).unwrap();
+        assert_eq!(errors(r#"{"total": 1, "data": [{"id": 1, "value": "\"errors\""}]}"#), Answer::Value(Some(1)));
+        for carrying in [r#"{"errors": ["Search failed"]}"#, r#"{"data": [], "errors": ["Search failed"]}"#] {
+            assert_eq!(errors(carrying), Answer::Errors("Search failed".into()), "{carrying}");
+        }
+        let not_a_page = r#"{"errors": {"filter": ["bad"]}, "data": [{"value": "no id"}]}"#;
+        assert_eq!(errors(not_a_page), Answer::Errors("filter: bad".into()));
         assert!(page(b"{\"data\": [{\"id\": 1, \"value\": \"\xff\"}]}", |_| {}).is_err());
         for refused in [r#"{"data": [], "data": []}"#, r#"{"data": [{"value": "x"}]}"#, r#"{"data": []} x"#, "[]"] {
             assert!(read(refused).is_err(), "{refused}");
