@@ -637,6 +637,7 @@ async fn a_due_resync_a_changed_target_or_the_clock_jumping_back_means_a_full_re
     use tqdevo::connector::config::parse_custom_fields;
     use tqdevo::connector::sync::{SyncOptions, sync};
     use tqdevo::devo::{DevoOptions, uploader};
+    use tqdevo::export::{PackedRows, RowMapper};
 
     let world = World::start(200).await;
     let collection = world.collection().await;
@@ -650,7 +651,11 @@ async fn a_due_resync_a_changed_target_or_the_clock_jumping_back_means_a_full_re
             let uploader = uploader(&settings.devo, &devo_options).unwrap();
             let now = chrono::Utc::now() + chrono::Duration::hours(hours);
             let options = SyncOptions { dry_run: false, allow_mass_delete: false, now };
-            let pages = futures::stream::iter([Ok(collection)]);
+            let (mut rows, mapper) = (PackedRows::default(), RowMapper::new(&settings.threatq_hostname));
+            for ioc in &collection {
+                mapper.push(&mut rows, ioc);
+            }
+            let pages = futures::stream::iter([Ok(rows)]);
             bounded("a sync", sync(pages, &settings, uploader.as_ref(), &state, &options, |_| {})).await.unwrap()
         }
     };

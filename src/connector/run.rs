@@ -18,7 +18,8 @@ use super::sync::{self, Summary, SyncOptions};
 use super::{cron, lock};
 use crate::Error;
 use crate::devo::{self, DevoOptions};
-use crate::threatq::{Client, ConnectorRegistry};
+use crate::export::{PackedRows, RowMapper};
+use crate::threatq::{Client, ConnectorRegistry, IndicatorRef};
 
 /// What one run needs besides the ThreatQ record.
 pub struct RunContext<'a> {
@@ -182,8 +183,11 @@ async fn export(
     tracing::info!(collection = %collection.name, devo = %uploader.describe(), "exporting");
     let progress = Progress::new("IOCs");
     let options = SyncOptions { dry_run: ctx.dry_run, allow_mass_delete: ctx.allow_mass_delete, now: started };
+    let mapper = RowMapper::new(&settings.threatq_hostname);
+    // Rows are made on the task that read the page, from the indicators as they are read.
+    let map = move |rows: &mut PackedRows, ioc: IndicatorRef<'_>| mapper.push(rows, &ioc);
     let pages = client
-        .pages(&collection, settings.batch_size, settings.parallel_page_requests.into())
+        .pages_into(&collection, settings.batch_size, settings.parallel_page_requests.into(), map)
         .inspect_ok(|batch| {
             if let Some(total) = batch.total {
                 progress.set_total(total);

@@ -12,8 +12,8 @@ use futures::{Stream, StreamExt};
 use crate::Error;
 use crate::connector::config::{Settings, SyncMode};
 use crate::devo::{self, Delivery, Row, RowSource, Uploader};
-use crate::export::{self, Action, Collected, ContentDigest, FullReason, Plan, State, Unusable};
-use crate::threatq::{self, Indicator};
+use crate::export::{self, Action, Collected, ContentDigest, FullReason, PackedRows, Plan, State, Unusable};
+use crate::threatq;
 
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
@@ -103,8 +103,9 @@ fn resync_due(since: chrono::TimeDelta, every: std::time::Duration) -> bool {
     since < -chrono::TimeDelta::minutes(5) || since.to_std().unwrap_or_default() >= every
 }
 
-/// Runs one export of `pages` into the lookup of `settings` through `uploader`, keeping the state at `state_path`.
-/// `on_page` is told how many IOCs were read so far.
+/// Runs one export of `pages` (the rows of the collection's IOCs, mapped as they were read) into the lookup of
+/// `settings` through `uploader`, keeping the state at `state_path`. `on_page` is told how many IOCs were read so
+/// far.
 pub async fn sync<S>(
     pages: S,
     settings: &Settings,
@@ -114,7 +115,7 @@ pub async fn sync<S>(
     mut on_page: impl FnMut(u64),
 ) -> Result<Summary, Error>
 where
-    S: Stream<Item = Result<Vec<Indicator>, threatq::Error>>,
+    S: Stream<Item = Result<PackedRows, threatq::Error>>,
 {
     let started = Instant::now();
     let table = export::table(&settings.lookup_table_name);
@@ -138,9 +139,13 @@ where
     let spool_error = |e| Error::io(format!("writing the row spool in {}", dir.display()), e);
     let mut collected = Collected::new(dir, table.columns.len()).map_err(spool_error)?;
     let mut pages = std::pin::pin!(pages);
+    // One row's strings, reused for every row.
+    let mut row = Row::new();
     while let Some(page) = pages.next().await {
-        for ioc in page? {
-            collected.push(&export::map_indicator(&ioc, &settings.threatq_hostname)).map_err(spool_error)?;
+        let page = page?;
+        for i in 0..page.len() {
+            page.copy_to(i, &mut row);
+            collected.push(&row).map_err(spool_error)?;
         }
         on_page(collected.fetched());
     }

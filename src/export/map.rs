@@ -39,45 +39,121 @@ const ADVERSARY_ATTRIBUTES: [&str; 3] = ["Actor", "Related Adversary", "Related 
 
 const JOIN: &str = "; ";
 
-/// Distinct values in first-seen order, joined with `; `.
-fn join_distinct<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
-    let mut seen: Vec<&str> = Vec::new();
-    for v in values.into_iter().map(str::trim).filter(|v| !v.is_empty()) {
-        if !seen.contains(&v) {
-            seen.push(v);
+/// Appends the distinct values, trimmed, in first-seen order, joined with `; `. Earlier values are compared
+/// again rather than collected, as lists are short.
+fn join_distinct<'a>(text: &mut String, values: impl Iterator<Item = &'a str> + Clone) {
+    let mut first = true;
+    for (i, v) in values.clone().enumerate() {
+        let v = v.trim();
+        if v.is_empty() || values.clone().take(i).any(|earlier| earlier.trim() == v) {
+            continue;
+        }
+        if !first {
+            text.push_str(JOIN);
+        }
+        text.push_str(v);
+        first = false;
+    }
+}
+
+/// Rows end to end in one buffer, with where each field ends: a page of rows is two allocations, not sixteen a
+/// row, made by the task that read the page and freed in one go.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedRows {
+    text: String,
+    ends: Vec<usize>,
+}
+
+/// Makes indicators into rows.
+#[derive(Clone, Debug)]
+pub struct RowMapper {
+    /// `https://{host}/indicators/`, the start of each link back to ThreatQ.
+    link: String,
+}
+
+impl RowMapper {
+    /// `threatq_hostname` is the UI's "ThreatQ Hostname", used for the link back.
+    pub fn new(threatq_hostname: &str) -> RowMapper {
+        let host =
+            threatq_hostname.trim().trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+        RowMapper { link: format!("https://{host}/indicators/") }
+    }
+
+    /// Adds the row of one indicator to `rows`.
+    pub fn push<S: AsRef<str>>(&self, rows: &mut PackedRows, ioc: &Indicator<S>) {
+        fn optional<S: AsRef<str>>(value: &Option<S>) -> &str {
+            value.as_ref().map_or("", AsRef::as_ref)
+        }
+        let PackedRows { text, ends } = rows;
+        let mut end = |text: &String| ends.push(text.len());
+        let mut digits = itoa::Buffer::new();
+        for plain in [ioc.value.as_ref(), ioc.type_name.as_ref(), ioc.status.as_ref(), optional(&ioc.score)] {
+            text.push_str(plain);
+            end(text);
+        }
+        join_distinct(text, ioc.attribute("Attack Phase"));
+        end(text);
+        join_distinct(text, ioc.attribute("Threat Type"));
+        end(text);
+        let adversaries = ioc.adversaries.iter().map(AsRef::as_ref);
+        join_distinct(text, ADVERSARY_ATTRIBUTES.iter().flat_map(|name| ioc.attribute(name)).chain(adversaries));
+        end(text);
+        text.push_str(digits.format(ioc.related_adversary_count.unwrap_or(ioc.adversaries.len() as u64)));
+        end(text);
+        let id = digits.format(ioc.id);
+        for part in [self.link.as_str(), id, "/details"] {
+            text.push_str(part);
+        }
+        end(text);
+        text.push_str(id);
+        end(text);
+        join_distinct(text, ioc.sources.iter().map(AsRef::as_ref));
+        end(text);
+        join_distinct(text, ioc.tags.iter().map(AsRef::as_ref));
+        end(text);
+        for plain in [&ioc.created_at, &ioc.updated_at, &ioc.expires_at] {
+            text.push_str(optional(plain));
+            end(text);
         }
     }
-    seen.join(JOIN)
+}
+
+impl PackedRows {
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.ends.len() / COLUMNS.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The fields of row `i`.
+    pub fn fields(&self, i: usize) -> impl Iterator<Item = &str> {
+        let ends = &self.ends[i * COLUMNS.len()..(i + 1) * COLUMNS.len()];
+        let mut start = if i == 0 { 0 } else { self.ends[i * COLUMNS.len() - 1] };
+        ends.iter().map(move |&end| {
+            let field = &self.text[start..end];
+            start = end;
+            field
+        })
+    }
+
+    /// Makes `row` row `i`, reusing its strings.
+    pub fn copy_to(&self, i: usize, row: &mut Row) {
+        row.resize_with(COLUMNS.len(), String::new);
+        for (cell, field) in row.iter_mut().zip(self.fields(i)) {
+            cell.clear();
+            cell.push_str(field);
+        }
+    }
 }
 
 /// The row for one indicator; `threatq_hostname` is the UI's "ThreatQ Hostname", used for the link back.
-pub fn map_indicator(ioc: &Indicator, threatq_hostname: &str) -> Row {
-    let adversary = join_distinct(
-        ADVERSARY_ATTRIBUTES
-            .iter()
-            .flat_map(|name| ioc.attribute(name))
-            .chain(ioc.adversaries.iter().map(String::as_str)),
-    );
-    let has_adversary = ioc.related_adversary_count.unwrap_or(ioc.adversaries.len() as u64);
-    let host =
-        threatq_hostname.trim().trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
-    vec![
-        ioc.value.clone(),
-        ioc.type_name.clone(),
-        ioc.status.clone(),
-        ioc.score.clone().unwrap_or_default(),
-        join_distinct(ioc.attribute("Attack Phase")),
-        join_distinct(ioc.attribute("Threat Type")),
-        adversary,
-        has_adversary.to_string(),
-        format!("https://{host}/indicators/{}/details", ioc.id),
-        ioc.id.to_string(),
-        join_distinct(ioc.sources.iter().map(String::as_str)),
-        join_distinct(ioc.tags.iter().map(String::as_str)),
-        ioc.created_at.clone().unwrap_or_default(),
-        ioc.updated_at.clone().unwrap_or_default(),
-        ioc.expires_at.clone().unwrap_or_default(),
-    ]
+pub fn map_indicator<S: AsRef<str>>(ioc: &Indicator<S>, threatq_hostname: &str) -> Row {
+    let mut packed = PackedRows::default();
+    RowMapper::new(threatq_hostname).push(&mut packed, ioc);
+    packed.fields(0).map(str::to_owned).collect()
 }
 
 #[cfg(test)]
@@ -138,6 +214,25 @@ mod tests {
                 ("expires_at", ""),
             ]
         );
+    }
+
+    /// Rows packed one after another and copied out into one reused row are the rows mapped one by one.
+    #[test]
+    fn packed_rows_copied_into_a_reused_row_are_the_mapped_rows() {
+        let mut bare = apt_ioc();
+        (bare.id, bare.value, bare.score, bare.attributes, bare.sources) = (7, " x ".into(), None, vec![], vec![]);
+        let iocs = [apt_ioc(), bare, Indicator::default(), apt_ioc()];
+        let (mut packed, mapper) = (PackedRows::default(), RowMapper::new("tq"));
+        for ioc in &iocs {
+            mapper.push(&mut packed, ioc);
+        }
+        assert_eq!(packed.len(), 4);
+        let mut row = Row::new();
+        for (i, ioc) in iocs.iter().enumerate() {
+            packed.copy_to(i, &mut row);
+            assert_eq!(row, map_indicator(ioc, "tq"), "row {i}");
+        }
+        assert!(PackedRows::default().is_empty());
     }
 
     #[test]

@@ -6,6 +6,6 @@ mod plan;
 mod state;
 
 pub use collect::{Collected, ContentDigest, KeyDigest, RowSet, SpoolRows, Winner, digest_key, digest_row};
-pub use map::{COLUMNS, map_indicator, table};
+pub use map::{COLUMNS, PackedRows, RowMapper, map_indicator, table};
 pub use plan::{Action, FullReason, Held, Plan, Refusal};
 pub use state::{Deletions, State, Unusable, target_digest};

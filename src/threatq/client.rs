@@ -12,9 +12,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::pages::{self, Batch, FetchPage, Window};
-use super::parse::{self, Page};
-use super::{ClientOptions, DataCollection, Error, Indicator, tls};
+use super::pages::{self, Batch, FetchPage, Tally, Window};
+use super::parse::{self, Answer};
+use super::{ClientOptions, DataCollection, Error, Indicator, IndicatorRef, tls};
 use crate::retry::{RetryLogic, RetryPolicy};
 
 /// Ask ThreatQ to embed everything the export maps; recent versions leave attributes and sources out otherwise.
@@ -214,6 +214,23 @@ impl Client {
         page_size: u32,
         in_flight: u32,
     ) -> impl Stream<Item = Result<Batch, Error>> + Send + use<> {
+        self.pages_into(collection, page_size, in_flight, |list: &mut Vec<Indicator>, ioc| list.push(ioc.into_owned()))
+    }
+
+    /// [`Client::pages`], each indicator handed to `make` as it is read, with the page's `P` to add it to. That
+    /// runs on the task that fetched the page, with the indicator borrowing from the page's bytes, so that only
+    /// what `make` keeps is allocated, and it is allocated where it is built.
+    pub fn pages_into<P, F>(
+        &self,
+        collection: &DataCollection,
+        page_size: u32,
+        in_flight: u32,
+        make: F,
+    ) -> impl Stream<Item = Result<Batch<P>, Error>> + Send + use<P, F>
+    where
+        P: Default + Send + 'static,
+        F: Fn(&mut P, IndicatorRef<'_>) + Send + Sync + 'static,
+    {
         use futures::StreamExt as _;
         let window = Arc::new(Window::new(in_flight));
         let limit = page_size.clamp(1, MAX_PAGE);
@@ -221,6 +238,8 @@ impl Client {
             client: Client { window: Some(window.clone()), ..self.clone() },
             body: Arc::new(json!({"criteria": collection.criteria, "filters": collection.filters, "fields": FIELDS})),
             limit: limit.to_string(),
+            make: Arc::new(make),
+            page: std::marker::PhantomData,
         };
         let mut paging = Paging { name: collection.name.clone(), total: None, last_id: None };
         pages::in_order(fetcher, u64::from(limit), window).map(move |batch| {
@@ -238,6 +257,22 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
         body: Option<&Value>,
+    ) -> Result<T, Error> {
+        let read = |answer: &[u8]| match parse::errors_in_success(answer) {
+            Some(message) => Ok(Answer::Errors(message)),
+            None => serde_json::from_slice(answer).map(Answer::Value),
+        };
+        self.call_with(method, path, query, body, read).await
+    }
+
+    /// [`Client::call`], with the 2xx answer decoded by `read`, which also tells whether it carries `errors`.
+    async fn call_with<T>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        read: impl FnOnce(&[u8]) -> Result<Answer<T>, serde_json::Error>,
     ) -> Result<T, Error> {
         let url = self.url(path)?;
         let mut renewed = false;
@@ -261,28 +296,24 @@ impl Client {
                 self.renew_after(generation).await?;
                 continue;
             }
-            return self.decode(path, reply);
+            return self.decode(path, reply, read);
         }
     }
 
-    fn decode<T: DeserializeOwned>(&self, path: &str, reply: Reply) -> Result<T, Error> {
+    fn decode<T>(
+        &self,
+        path: &str,
+        reply: Reply,
+        read: impl FnOnce(&[u8]) -> Result<Answer<T>, serde_json::Error>,
+    ) -> Result<T, Error> {
         if !reply.status.is_success() {
             return Err(status_error(path, &reply));
         }
-        if let Some(message) = parse::errors_in_success(&reply.body) {
-            return Err(Error::Refused { path: path.to_owned(), message });
+        match read(&reply.body) {
+            Ok(Answer::Value(value)) => Ok(value),
+            Ok(Answer::Errors(message)) => Err(Error::Refused { path: path.to_owned(), message }),
+            Err(e) => Err(garbage(path, e, &reply.body)),
         }
-        serde_json::from_slice(&reply.body).map_err(|e| {
-            // A proxy or a sign-on portal in the way answers 200 with a page of its own.
-            let html = reply.body.trim_ascii_start().first() == Some(&b'<');
-            let detail = if html {
-                "an HTML page (a proxy or a login page in the way? check the ThreatQ Host and HTTPS_PROXY/NO_PROXY)"
-                    .to_owned()
-            } else {
-                format!("{e} (after {} bytes received)", reply.body.len())
-            };
-            Error::Garbage { path: path.to_owned(), detail }
-        })
     }
 
     fn url(&self, path: &str) -> Result<Url, Error> {
@@ -445,7 +476,7 @@ struct Paging {
 }
 
 impl Paging {
-    fn check(&mut self, batch: &Batch) -> Result<(), Error> {
+    fn check<P>(&mut self, batch: &Batch<P>) -> Result<(), Error> {
         let changed = |detail: String| Error::Changed { name: self.name.clone(), detail };
         match (self.total, batch.total) {
             (Some(before), Some(now)) if before != now => {
@@ -454,28 +485,48 @@ impl Paging {
             (None, now) => self.total = now,
             _ => {}
         }
-        if let (Some(last), Some(first)) = (self.last_id, batch.indicators.first().map(|i| i.id))
+        if let (Some(last), Some(first)) = (self.last_id, batch.tally.first_id)
             && first <= last
         {
             return Err(changed(format!("indicator id {first} came again after id {last}")));
         }
-        self.last_id = batch.indicators.last().map(|i| i.id).or(self.last_id);
-        if let Some(huge) = batch.indicators.iter().find(|i| i.value.len() > MAX_VALUE_BYTES) {
-            return Err(Error::Oversized { id: huge.id, bytes: huge.value.len(), limit: MAX_VALUE_BYTES });
+        self.last_id = batch.tally.last_id.or(self.last_id);
+        if let Some((id, bytes)) = batch.tally.oversized {
+            return Err(Error::Oversized { id, bytes, limit: MAX_VALUE_BYTES });
         }
         Ok(())
     }
 }
 
-#[derive(Clone)]
-struct PageFetcher {
+struct PageFetcher<P, F> {
     client: Client,
     body: Arc<Value>,
     limit: String,
+    make: Arc<F>,
+    page: std::marker::PhantomData<fn() -> P>,
 }
 
-impl FetchPage for PageFetcher {
-    fn fetch(&self, offset: u64) -> impl Future<Output = Result<Batch, Error>> + Send + 'static {
+// By hand: a derive would ask `P: Clone` and `F: Clone`.
+impl<P, F> Clone for PageFetcher<P, F> {
+    fn clone(&self) -> Self {
+        PageFetcher {
+            client: self.client.clone(),
+            body: self.body.clone(),
+            limit: self.limit.clone(),
+            make: self.make.clone(),
+            page: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<P, F> FetchPage for PageFetcher<P, F>
+where
+    P: Default + Send + 'static,
+    F: Fn(&mut P, IndicatorRef<'_>) + Send + Sync + 'static,
+{
+    type Page = P;
+
+    fn fetch(&self, offset: u64) -> impl Future<Output = Result<Batch<P>, Error>> + Send + 'static {
         let this = self.clone();
         async move {
             let query = [
@@ -484,9 +535,15 @@ impl FetchPage for PageFetcher {
                 ("sort", "id".to_owned()),
                 ("with", WITH.to_owned()),
             ];
-            let page: Page = this.client.call(Method::POST, QUERY_PATH, &query, Some(&this.body)).await?;
-            let indicators = page.data.unwrap_or_default().into_iter().map(Indicator::from).collect();
-            Ok(Batch { indicators, total: page.total })
+            let (mut indicators, mut tally) = (P::default(), Tally::default());
+            let read = |answer: &[u8]| {
+                parse::page(answer, |ioc| {
+                    tally.note(ioc.id, ioc.value.len(), MAX_VALUE_BYTES);
+                    (this.make)(&mut indicators, ioc);
+                })
+            };
+            let total = this.client.call_with(Method::POST, QUERY_PATH, &query, Some(&this.body), read).await?;
+            Ok(Batch { indicators, total, tally })
         }
     }
 }
@@ -518,6 +575,18 @@ fn describe(error: reqwest::Error) -> String {
         source = cause.source();
     }
     detail
+}
+
+/// The error for a 2xx answer that is not the JSON asked for.
+fn garbage(path: &str, e: serde_json::Error, body: &[u8]) -> Error {
+    // A proxy or a sign-on portal in the way answers 200 with a page of its own.
+    let html = body.trim_ascii_start().first() == Some(&b'<');
+    let detail = if html {
+        "an HTML page (a proxy or a login page in the way? check the ThreatQ Host and HTTPS_PROXY/NO_PROXY)".to_owned()
+    } else {
+        format!("{e} (after {} bytes received)", body.len())
+    };
+    Error::Garbage { path: path.to_owned(), detail }
 }
 
 fn status_error(path: &str, reply: &Reply) -> Error {

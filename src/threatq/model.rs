@@ -1,5 +1,6 @@
 //! What ThreatQ sends and receives, as the rest of the program sees it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -67,29 +68,61 @@ pub struct DataCollection {
     pub filters: serde_json::Value,
 }
 
-/// An IOC, normalised from either shape ThreatQ uses for type, status and score.
+/// An IOC, normalised from either shape ThreatQ uses for type, status and score. Text is `String` once kept;
+/// a page is read as `Indicator<Cow<str>>` ([`IndicatorRef`]), borrowing from the page's bytes what needs no
+/// unescaping.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Indicator {
+pub struct Indicator<S = String> {
     pub id: u64,
-    pub value: String,
-    pub type_name: String,
-    pub status: String,
+    pub value: S,
+    pub type_name: S,
+    pub status: S,
     /// `manual_score` if set, else `generated_score`, else the plain score; text as ThreatQ gave it.
-    pub score: Option<String>,
+    pub score: Option<S>,
     /// `(name, value)` in the order given; a name may repeat.
-    pub attributes: Vec<(String, String)>,
-    pub adversaries: Vec<String>,
+    pub attributes: Vec<(S, S)>,
+    pub adversaries: Vec<S>,
     pub related_adversary_count: Option<u64>,
-    pub sources: Vec<String>,
-    pub tags: Vec<String>,
-    pub created_at: Option<String>,
-    pub updated_at: Option<String>,
-    pub expires_at: Option<String>,
+    pub sources: Vec<S>,
+    pub tags: Vec<S>,
+    pub created_at: Option<S>,
+    pub updated_at: Option<S>,
+    pub expires_at: Option<S>,
 }
 
-impl Indicator {
+/// An indicator as read from a page, borrowing from it.
+pub type IndicatorRef<'a> = Indicator<Cow<'a, str>>;
+
+impl<S: AsRef<str>> Indicator<S> {
     /// All values of one attribute name, in order.
-    pub fn attribute<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.attributes.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    pub fn attribute<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + Clone + 'a {
+        self.attributes.iter().filter(move |(n, _)| n.as_ref().eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
+    }
+}
+
+impl IndicatorRef<'_> {
+    /// The indicator with text of its own.
+    pub fn into_owned(self) -> Indicator {
+        fn own(text: Cow<'_, str>) -> String {
+            text.into_owned()
+        }
+        fn all(list: Vec<Cow<'_, str>>) -> Vec<String> {
+            list.into_iter().map(own).collect()
+        }
+        Indicator {
+            id: self.id,
+            value: own(self.value),
+            type_name: own(self.type_name),
+            status: own(self.status),
+            score: self.score.map(own),
+            attributes: self.attributes.into_iter().map(|(n, v)| (own(n), own(v))).collect(),
+            adversaries: all(self.adversaries),
+            related_adversary_count: self.related_adversary_count,
+            sources: all(self.sources),
+            tags: all(self.tags),
+            created_at: self.created_at.map(own),
+            updated_at: self.updated_at.map(own),
+            expires_at: self.expires_at.map(own),
+        }
     }
 }

@@ -13,12 +13,35 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::{Error, Indicator};
 
-/// One page of a collection, with the collection's size as ThreatQ gave it on that page.
+/// One page of a collection, with the collection's size as ThreatQ gave it on that page. Its indicators are
+/// what the caller made of them on the task that read the page (owned [`Indicator`]s unless told otherwise).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Batch {
-    pub indicators: Vec<Indicator>,
+pub struct Batch<P = Vec<Indicator>> {
+    pub indicators: P,
     /// `total` of the answer, when ThreatQ sends it (it does); the progress bar's length.
     pub total: Option<u64>,
+    pub(super) tally: Tally,
+}
+
+/// What the pager and the shift checks need of a page's indicators, whatever they were made into.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Tally {
+    pub(super) count: usize,
+    pub(super) first_id: Option<u64>,
+    pub(super) last_id: Option<u64>,
+    /// The first indicator whose value is longer than a row carries: `(id, bytes)`.
+    pub(super) oversized: Option<(u64, usize)>,
+}
+
+impl Tally {
+    pub(super) fn note(&mut self, id: u64, value_bytes: usize, max_value_bytes: usize) {
+        self.count += 1;
+        self.first_id.get_or_insert(id);
+        self.last_id = Some(id);
+        if self.oversized.is_none() && value_bytes > max_value_bytes {
+            self.oversized = Some((id, value_bytes));
+        }
+    }
 }
 
 /// How many page requests may be outstanding: additive increase, multiplicative decrease.
@@ -83,7 +106,9 @@ impl Window {
 
 /// Fetches the page at `offset` with `limit` rows.
 pub(super) trait FetchPage: Clone + Send + Sync + 'static {
-    fn fetch(&self, offset: u64) -> impl Future<Output = Result<Batch, Error>> + Send + 'static;
+    /// What a page's indicators are made into.
+    type Page: Send + 'static;
+    fn fetch(&self, offset: u64) -> impl Future<Output = Result<Batch<Self::Page>, Error>> + Send + 'static;
 }
 
 /// Pages fetched ahead of the consumer, beyond those in flight: enough to keep mapping busy while the next
@@ -96,11 +121,11 @@ const READY_PAGES: usize = 2;
 /// otherwise, and the requests after it are asked again from where it ended. Ends, as a sequential run does, at
 /// an empty page or once `offset >= total`. Whether the collection shifted under the pager is the caller's
 /// check, on the pages in this order ([`super::Client::pages`]).
-pub(super) fn in_order(
-    fetcher: impl FetchPage,
+pub(super) fn in_order<F: FetchPage>(
+    fetcher: F,
     stride: u64,
     window: std::sync::Arc<Window>,
-) -> impl Stream<Item = Result<Batch, Error>> + Send + 'static {
+) -> impl Stream<Item = Result<Batch<F::Page>, Error>> + Send + 'static {
     let (tx, rx) = mpsc::channel(READY_PAGES);
     let driver = AbortOnDropHandle::new(tokio::spawn(drive(fetcher, stride, window, tx)));
     futures::stream::unfold(
@@ -109,11 +134,11 @@ pub(super) fn in_order(
     )
 }
 
-async fn drive(
-    fetcher: impl FetchPage,
+async fn drive<F: FetchPage>(
+    fetcher: F,
     mut stride: u64,
     window: std::sync::Arc<Window>,
-    tx: mpsc::Sender<Result<Batch, Error>>,
+    tx: mpsc::Sender<Result<Batch<F::Page>, Error>>,
 ) {
     let stride_of = |n: usize| (n as u64).max(1);
     // Offsets of the requests in flight, in order, each with its task; the front is the next page to pass on.
@@ -148,7 +173,7 @@ async fn drive(
             // The tasks are only ever dropped, never cancelled: this is a panic, passed on.
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        let got = batch.indicators.len();
+        let got = batch.tally.count;
         if got == 0 {
             break;
         }

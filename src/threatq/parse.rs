@@ -1,30 +1,92 @@
 //! Reading ThreatQ's JSON defensively: both shapes of type, status, score and tags, `is_active` in all its
 //! encodings, connector records, data collections and the three error body shapes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, de};
 use serde_json::Value;
 
-use super::{ConnectorRecord, DataCollection, Error, FieldDef, Indicator};
+use super::{ConnectorRecord, DataCollection, Error, FieldDef, Indicator, IndicatorRef};
 
-/// A scalar ThreatQ may send as a string, a number or a boolean; kept as the text it was.
-struct Text(String);
+/// A string, borrowed from the page when it holds no escape.
+struct Str<'a>(Cow<'a, str>);
 
-impl From<Text> for String {
-    fn from(text: Text) -> String {
-        text.0
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> de::Visitor<'de> for StrVisitor {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(StrVisitor).map(Str)
     }
 }
 
-/// `"IP Address"` or `{"id": 15, "name": "IP Address", ...}`: types, statuses, tags, sources, adversaries.
-enum Named {
-    Plain(String),
-    Object { name: Option<String> },
+/// An object's key, as bytes: keys are only compared with names this reader knows, so they need no UTF-8 check
+/// (which was a good part of reading a page).
+struct Key<'a>(Cow<'a, [u8]>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> de::Visitor<'de> for KeyVisitor {
+            type Value = Cow<'de, [u8]>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v.as_bytes()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.as_bytes().to_owned()))
+            }
+        }
+        d.deserialize_bytes(KeyVisitor).map(Key)
+    }
 }
 
-impl Named {
-    fn into_name(self) -> Option<String> {
+/// Reads the value of a field into its slot, refusing a field given twice.
+fn put<'de, A: de::MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    slot: &mut Option<T>,
+    name: &'static str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(name));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
+}
+
+/// A scalar ThreatQ may send as a string, a number or a boolean; kept as the text it was.
+struct Text<'a>(Cow<'a, str>);
+
+/// `"IP Address"` or `{"id": 15, "name": "IP Address", ...}`: types, statuses, tags, sources, adversaries.
+enum Named<'a> {
+    Plain(Cow<'a, str>),
+    Object { name: Option<Cow<'a, str>> },
+}
+
+impl<'a> Named<'a> {
+    fn into_name(self) -> Option<Cow<'a, str>> {
         match self {
             Named::Plain(s) => Some(s),
             Named::Object { name } => name,
@@ -33,15 +95,15 @@ impl Named {
 }
 
 /// `7`, `"6.50"` or `{"generated_score": "6.50", "manual_score": null}`.
-enum Score {
-    Plain(Text),
-    Object { generated_score: Option<Text>, manual_score: Option<Text> },
+enum Score<'a> {
+    Plain(Text<'a>),
+    Object { generated_score: Option<Text<'a>>, manual_score: Option<Text<'a>> },
 }
 
-impl Score {
+impl<'a> Score<'a> {
     /// The manual score when an analyst set one, else the generated score.
-    fn into_text(self) -> Option<String> {
-        let set = |t: Option<Text>| t.map(String::from).filter(|s| !s.trim().is_empty());
+    fn into_text(self) -> Option<Cow<'a, str>> {
+        let set = |t: Option<Text<'a>>| t.map(|t| t.0).filter(|s| !s.trim().is_empty());
         match self {
             Score::Plain(t) => set(Some(t)),
             Score::Object { generated_score, manual_score } => set(manual_score).or_else(|| set(generated_score)),
@@ -52,46 +114,55 @@ impl Score {
 /// The shapes above, read by hand rather than as `#[serde(untagged)]` enums: those buffer each value (and every
 /// field of every tag, source and adversary object) before trying the shapes in turn, which was most of the cost
 /// of decoding a page. What is accepted and refused is the same.
-trait Shape: Sized {
+trait Shape<'de>: Sized {
     const EXPECTING: &'static str;
     /// A string (`quoted`) or a number or boolean, as text.
-    fn scalar(text: String, quoted: bool) -> Option<Self>;
+    fn scalar(text: Cow<'de, str>, quoted: bool) -> Option<Self>;
     /// An object, `None` if this shape has none.
-    fn object<'de, A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>>;
+    fn object<A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>>;
 }
 
 struct ShapeVisitor<T>(std::marker::PhantomData<T>);
 
-impl<'de, T: Shape> de::Visitor<'de> for ShapeVisitor<T> {
+impl<'de, T: Shape<'de>> de::Visitor<'de> for ShapeVisitor<T> {
     type Value = T;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str(T::EXPECTING)
     }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<T, E> {
+        self.string(Cow::Borrowed(v))
+    }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        self.visit_string(v.to_owned())
+        self.string(Cow::Owned(v.to_owned()))
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<T, E> {
-        T::scalar(v, true).ok_or_else(|| E::invalid_type(de::Unexpected::Other("a string"), &self))
+        self.string(Cow::Owned(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        T::scalar(serde_json::Number::from(v).to_string(), false)
+        T::scalar(serde_json::Number::from(v).to_string().into(), false)
             .ok_or_else(|| E::invalid_type(de::Unexpected::Unsigned(v), &self))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        T::scalar(serde_json::Number::from(v).to_string(), false)
+        T::scalar(serde_json::Number::from(v).to_string().into(), false)
             .ok_or_else(|| E::invalid_type(de::Unexpected::Signed(v), &self))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
         serde_json::Number::from_f64(v)
-            .and_then(|n| T::scalar(n.to_string(), false))
+            .and_then(|n| T::scalar(n.to_string().into(), false))
             .ok_or_else(|| E::invalid_type(de::Unexpected::Float(v), &self))
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
-        T::scalar(v.to_string(), false).ok_or_else(|| E::invalid_type(de::Unexpected::Bool(v), &self))
+        T::scalar(v.to_string().into(), false).ok_or_else(|| E::invalid_type(de::Unexpected::Bool(v), &self))
     }
     fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
         T::object(map).unwrap_or_else(|| Err(de::Error::invalid_type(de::Unexpected::Map, &self)))
+    }
+}
+
+impl<'de, T: Shape<'de>> ShapeVisitor<T> {
+    fn string<E: de::Error>(self, v: Cow<'de, str>) -> Result<T, E> {
+        T::scalar(v, true).ok_or_else(|| E::invalid_type(de::Unexpected::Other("a string"), &self))
     }
 }
 
@@ -101,8 +172,8 @@ fn fields<'de, A: de::MapAccess<'de>, V: Deserialize<'de>, const N: usize>(
     wanted: [&'static str; N],
 ) -> Result<[Option<V>; N], A::Error> {
     let mut values: [Option<Option<V>>; N] = std::array::from_fn(|_| None);
-    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-        match wanted.iter().position(|w| *w == key) {
+    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+        match wanted.iter().position(|w| w.as_bytes() == &*key) {
             Some(i) if values[i].is_some() => return Err(de::Error::duplicate_field(wanted[i])),
             Some(i) => values[i] = Some(map.next_value()?),
             None => {
@@ -113,32 +184,32 @@ fn fields<'de, A: de::MapAccess<'de>, V: Deserialize<'de>, const N: usize>(
     Ok(values.map(Option::flatten))
 }
 
-impl Shape for Text {
+impl<'de> Shape<'de> for Text<'de> {
     const EXPECTING: &'static str = "a string, a number or a boolean";
-    fn scalar(text: String, _: bool) -> Option<Self> {
+    fn scalar(text: Cow<'de, str>, _: bool) -> Option<Self> {
         Some(Text(text))
     }
-    fn object<'de, A: de::MapAccess<'de>>(_: A) -> Option<Result<Self, A::Error>> {
+    fn object<A: de::MapAccess<'de>>(_: A) -> Option<Result<Self, A::Error>> {
         None
     }
 }
 
-impl Shape for Named {
+impl<'de> Shape<'de> for Named<'de> {
     const EXPECTING: &'static str = "a name, or an object with a name";
-    fn scalar(text: String, quoted: bool) -> Option<Self> {
+    fn scalar(text: Cow<'de, str>, quoted: bool) -> Option<Self> {
         quoted.then_some(Named::Plain(text))
     }
-    fn object<'de, A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
-        Some(fields(map, ["name"]).map(|[name]| Named::Object { name }))
+    fn object<A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
+        Some(fields(map, ["name"]).map(|[name]: [Option<Str<'de>>; 1]| Named::Object { name: name.map(|n| n.0) }))
     }
 }
 
-impl Shape for Score {
+impl<'de> Shape<'de> for Score<'de> {
     const EXPECTING: &'static str = "a score, or an object with generated_score and manual_score";
-    fn scalar(text: String, _: bool) -> Option<Self> {
+    fn scalar(text: Cow<'de, str>, _: bool) -> Option<Self> {
         Some(Score::Plain(Text(text)))
     }
-    fn object<'de, A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
+    fn object<A: de::MapAccess<'de>>(map: A) -> Option<Result<Self, A::Error>> {
         Some(
             fields(map, ["generated_score", "manual_score"])
                 .map(|[generated_score, manual_score]| Score::Object { generated_score, manual_score }),
@@ -147,104 +218,264 @@ impl Shape for Score {
 }
 
 macro_rules! deserialize_by_shape {
-    ($($t:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $t {
+    ($($t:ident),*) => {$(
+        impl<'de: 'a, 'a> Deserialize<'de> for $t<'a> {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_any(ShapeVisitor(std::marker::PhantomData))
+                d.deserialize_any(ShapeVisitor::<$t<'de>>(std::marker::PhantomData))
             }
         }
     )*};
 }
 deserialize_by_shape!(Text, Named, Score);
 
-#[derive(Deserialize)]
-struct RawAttribute {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    value: Option<Text>,
+/// Reads a list one element at a time as `R`, keeping what `keep` makes of each: no list of `R` in between.
+fn kept<'de, D: Deserializer<'de>, R: Deserialize<'de>, T>(d: D, keep: fn(R) -> Option<T>) -> Result<Vec<T>, D::Error> {
+    struct Kept<R, T>(fn(R) -> Option<T>);
+    impl<'de, R: Deserialize<'de>, T> de::Visitor<'de> for Kept<R, T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut kept = Vec::new();
+            while let Some(raw) = seq.next_element()? {
+                kept.extend((self.0)(raw));
+            }
+            Ok(kept)
+        }
+    }
+    d.deserialize_seq(Kept(keep))
 }
 
-/// An indicator as ThreatQ sends it; `Option<Vec<_>>` so that `null` lists read as empty.
-#[derive(Deserialize)]
-pub(super) struct RawIndicator {
-    pub(super) id: u64,
-    #[serde(default)]
-    value: Option<Text>,
-    #[serde(default, rename = "type")]
-    kind: Option<Named>,
-    #[serde(default)]
-    status: Option<Named>,
-    #[serde(default)]
-    score: Option<Score>,
-    #[serde(default)]
-    attributes: Option<Vec<RawAttribute>>,
-    #[serde(default)]
-    adversaries: Option<Vec<Named>>,
-    #[serde(default)]
-    related_adversary_count: Option<Text>,
-    #[serde(default)]
-    sources: Option<Vec<Named>>,
-    #[serde(default)]
-    tags: Option<Vec<Named>>,
-    #[serde(default)]
-    created_at: Option<String>,
-    #[serde(default)]
-    updated_at: Option<String>,
-    #[serde(default)]
-    expires_at: Option<String>,
-    #[serde(default)]
-    expired_at: Option<String>,
+/// Tags, sources or adversaries: the names given.
+struct Names<'a>(Vec<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Names<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        kept(d, Named::<'de>::into_name).map(Names)
+    }
 }
 
-fn names(list: Option<Vec<Named>>) -> Vec<String> {
-    list.unwrap_or_default().into_iter().filter_map(Named::into_name).collect()
+/// An attribute's `(name, value)`, `None` if it has no name.
+struct RawAttribute<'a>(Option<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawAttribute<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AttributeVisitor;
+        impl<'de> de::Visitor<'de> for AttributeVisitor {
+            type Value = RawAttribute<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an attribute")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawAttribute<'de>, A::Error> {
+                let (mut name, mut value) = (None::<Option<Str>>, None::<Option<Text>>);
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    match &*key {
+                        b"name" => put(&mut map, &mut name, "name"),
+                        b"value" => put(&mut map, &mut value, "value"),
+                        _ => map.next_value::<de::IgnoredAny>().map(drop),
+                    }?;
+                }
+                let value = value.flatten().map(|v| v.0).unwrap_or_default();
+                Ok(RawAttribute(name.flatten().map(|name| (name.0, value))))
+            }
+        }
+        d.deserialize_map(AttributeVisitor)
+    }
+}
+
+/// `(name, value)` of the attributes that have a name.
+struct Attributes<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Attributes<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        kept(d, |a: RawAttribute<'de>| a.0).map(Attributes)
+    }
+}
+
+/// An indicator as ThreatQ sends it, read into its normalised form: either shape of type, status, score and tags;
+/// `null` lists read as empty.
+pub(super) struct RawIndicator<'a>(IndicatorRef<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawIndicator<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(IndicatorVisitor).map(RawIndicator)
+    }
+}
+
+struct IndicatorVisitor;
+
+impl<'de> de::Visitor<'de> for IndicatorVisitor {
+    type Value = IndicatorRef<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an indicator")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<IndicatorRef<'de>, A::Error> {
+        let mut id = None;
+        let (mut value, mut related_adversary_count) = (None::<Option<Text>>, None::<Option<Text>>);
+        let (mut kind, mut status) = (None::<Option<Named>>, None::<Option<Named>>);
+        let mut score = None::<Option<Score>>;
+        let mut attributes = None::<Option<Attributes>>;
+        let (mut adversaries, mut sources, mut tags) = (None::<Option<Names>>, None::<Option<Names>>, None);
+        let [mut created_at, mut updated_at, mut expires_at, mut expired_at] = [const { None::<Option<Str>> }; 4];
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let m = &mut map;
+            match &*key {
+                b"id" => put(m, &mut id, "id"),
+                b"value" => put(m, &mut value, "value"),
+                b"type" => put(m, &mut kind, "type"),
+                b"status" => put(m, &mut status, "status"),
+                b"score" => put(m, &mut score, "score"),
+                b"attributes" => put(m, &mut attributes, "attributes"),
+                b"adversaries" => put(m, &mut adversaries, "adversaries"),
+                b"related_adversary_count" => put(m, &mut related_adversary_count, "related_adversary_count"),
+                b"sources" => put(m, &mut sources, "sources"),
+                b"tags" => put(m, &mut tags, "tags"),
+                b"created_at" => put(m, &mut created_at, "created_at"),
+                b"updated_at" => put(m, &mut updated_at, "updated_at"),
+                b"expires_at" => put(m, &mut expires_at, "expires_at"),
+                b"expired_at" => put(m, &mut expired_at, "expired_at"),
+                _ => m.next_value::<de::IgnoredAny>().map(drop),
+            }?;
+        }
+        let id: u64 = id.ok_or_else(|| de::Error::missing_field("id"))?;
+        let adversaries = adversaries.flatten();
+        let adversaries_given = adversaries.is_some();
+        let names = |list: Option<Names<'de>>| list.map(|n| n.0).unwrap_or_default();
+        let adversaries = names(adversaries);
+        // The count ThreatQ reports wins (it covers adversaries not embedded); otherwise count what came.
+        let related_adversary_count = related_adversary_count
+            .flatten()
+            .and_then(|t| t.0.trim().parse::<u64>().ok())
+            .or(adversaries_given.then_some(adversaries.len() as u64));
+        let text = |s: Option<Option<Str<'de>>>| s.flatten().map(|s| s.0);
+        Ok(Indicator {
+            id,
+            value: value.flatten().map(|t| t.0).unwrap_or_default(),
+            type_name: kind.flatten().and_then(Named::into_name).unwrap_or_default(),
+            status: status.flatten().and_then(Named::into_name).unwrap_or_default(),
+            score: score.flatten().and_then(Score::into_text),
+            attributes: attributes.flatten().map(|a| a.0).unwrap_or_default(),
+            adversaries,
+            related_adversary_count,
+            sources: names(sources.flatten()),
+            tags: names(tags.flatten()),
+            created_at: text(created_at),
+            updated_at: text(updated_at),
+            expires_at: text(expires_at).or(text(expired_at)),
+        })
+    }
 }
 
 /// One indicator as ThreatQ's JSON gives it (either shape of type, status, score and tags).
 pub fn indicator_from_json(value: Value) -> Result<Indicator, serde_json::Error> {
-    serde_json::from_value::<RawIndicator>(value).map(Indicator::from)
+    RawIndicator::deserialize(&value).map(|raw| raw.0.into_owned())
 }
 
-impl From<RawIndicator> for Indicator {
-    fn from(raw: RawIndicator) -> Indicator {
-        let adversaries_given = raw.adversaries.is_some();
-        let adversaries = names(raw.adversaries);
-        // The count ThreatQ reports wins (it covers adversaries not embedded); otherwise count what came.
-        let related_adversary_count = raw
-            .related_adversary_count
-            .and_then(|t| String::from(t).trim().parse::<u64>().ok())
-            .or(adversaries_given.then_some(adversaries.len() as u64));
-        Indicator {
-            id: raw.id,
-            value: raw.value.map(String::from).unwrap_or_default(),
-            type_name: raw.kind.and_then(Named::into_name).unwrap_or_default(),
-            status: raw.status.and_then(Named::into_name).unwrap_or_default(),
-            score: raw.score.and_then(Score::into_text),
-            attributes: raw
-                .attributes
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|a| Some((a.name?, a.value.map(String::from).unwrap_or_default())))
-                .collect(),
-            adversaries,
-            related_adversary_count,
-            sources: names(raw.sources),
-            tags: names(raw.tags),
-            created_at: raw.created_at,
-            updated_at: raw.updated_at,
-            expires_at: raw.expires_at.or(raw.expired_at),
-        }
+/// A 2xx answer as read: what was asked for, or the message of the `errors` it carries instead.
+#[derive(Debug, PartialEq)]
+pub(super) enum Answer<T> {
+    Value(T),
+    Errors(String),
+}
+
+/// Reads a page of indicators from `body`, handing each to `each` as soon as it is read (nothing of the page is
+/// kept here); returns the page's `total` as ThreatQ gave it, or the message of the `errors` it carries.
+pub(super) fn page<'de>(
+    body: &'de [u8],
+    each: impl FnMut(IndicatorRef<'de>),
+) -> Result<Answer<Option<u64>>, serde_json::Error> {
+    fn read<'de, R: serde_json::de::Read<'de>>(
+        mut reader: serde_json::Deserializer<R>,
+        each: impl FnMut(IndicatorRef<'de>),
+    ) -> Result<(Option<u64>, bool), serde_json::Error> {
+        let read = de::DeserializeSeed::deserialize(PageSeed(each), &mut reader)?;
+        reader.end()?;
+        Ok(read)
+    }
+    let read = match std::str::from_utf8(body) {
+        // Checked whole at once, the text needs no check string by string, which is much slower.
+        Ok(text) => read(serde_json::Deserializer::from_str(text), each),
+        // Bytes that are not UTF-8 may sit in a field skipped here: check only the strings kept, as before.
+        Err(_) => read(serde_json::Deserializer::from_slice(body), each),
+    };
+    // The page's own keys tell whether it carries `errors`, without a scan of the whole page; an answer that is
+    // not a page may still carry them.
+    match read {
+        Ok((_, true)) => Ok(Answer::Errors(error_message(body).unwrap_or_default())),
+        Ok((total, false)) => Ok(Answer::Value(total)),
+        Err(e) => errors_in_success(body).map(Answer::Errors).ok_or(e),
     }
 }
 
-/// A page of indicators.
-#[derive(Deserialize)]
-pub(super) struct Page {
-    #[serde(default)]
-    pub total: Option<u64>,
-    #[serde(default)]
-    pub data: Option<Vec<RawIndicator>>,
+/// `{"total": n, "data": [indicator, ...]}`, either part missing or `null`; with whether it has `errors`.
+struct PageSeed<F>(F);
+
+impl<'de, F: FnMut(IndicatorRef<'de>)> de::DeserializeSeed<'de> for PageSeed<F> {
+    type Value = (Option<u64>, bool);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(IndicatorRef<'de>)> de::Visitor<'de> for PageSeed<F> {
+    type Value = (Option<u64>, bool);
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a page of indicators")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut total, mut data, mut errors) = (None, false, false);
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match &*key {
+                b"total" if total.is_some() => return Err(de::Error::duplicate_field("total")),
+                b"total" => total = Some(map.next_value::<Option<u64>>()?),
+                b"data" if data => return Err(de::Error::duplicate_field("data")),
+                b"data" => {
+                    map.next_value_seed(Data(&mut self.0))?;
+                    data = true;
+                }
+                key => {
+                    errors |= key == b"errors";
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((total.flatten(), errors))
+    }
+}
+
+/// The `data` list of a page, each indicator passed on as it is read.
+struct Data<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(IndicatorRef<'de>)> de::DeserializeSeed<'de> for Data<'_, F> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, F: FnMut(IndicatorRef<'de>)> de::Visitor<'de> for Data<'_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of indicators")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(RawIndicator(ioc)) = seq.next_element()? {
+            (self.0)(ioc);
+        }
+        Ok(())
+    }
 }
 
 /// Reads `is_active` however the instance encodes it; `None` for an encoding nobody documented.
@@ -276,10 +507,7 @@ pub(super) fn error_message(body: &[u8]) -> Option<String> {
 
 /// The message of a 2xx body that carries an `errors` key; a cheap byte scan first, as pages are large.
 pub(super) fn errors_in_success(body: &[u8]) -> Option<String> {
-    const KEY: &[u8] = b"\"errors\"";
-    if !body.windows(KEY.len()).any(|w| w == KEY) {
-        return None;
-    }
+    memchr::memmem::find(body, b"\"errors\"")?;
     match serde_json::from_slice::<Value>(body).ok()? {
         Value::Object(map) if map.contains_key("errors") => error_message(body),
         _ => None,
@@ -404,7 +632,7 @@ mod tests {
     use super::*;
 
     fn indicator(value: Value) -> Indicator {
-        serde_json::from_value::<RawIndicator>(value).expect("parses").into()
+        indicator_from_json(value).expect("parses")
     }
 
     #[test]
@@ -422,7 +650,7 @@ mod tests {
     /// Read from the text as pages are, the shapes take what they took as untagged enums and refuse the rest.
     #[test]
     fn shapes_read_from_text_accept_and_refuse_as_before() {
-        let parse = |json: &str| serde_json::from_str::<RawIndicator>(json).map(Indicator::from);
+        let parse = |json: &str| serde_json::from_str::<RawIndicator>(json).map(|r| r.0.into_owned());
         let ioc = parse(
             r#"{"id": 2, "value": 12.5, "type": {"id": 3, "name": "IP Address", "extra": {"name": 1}},
                 "status": {"id": 1}, "score": {"generated_score": true, "other": [1, {}]},
@@ -475,6 +703,43 @@ mod tests {
         let counted = indicator(json!({"id": 5, "adversaries": [], "related_adversary_count": "4"}));
         assert_eq!(counted.related_adversary_count, Some(4));
         assert_eq!(indicator(json!({"id": 5})).related_adversary_count, None);
+    }
+
+    /// A page is read an indicator at a time, borrowing the text that holds no escape; `total` and `data` may
+    /// come in any order, be `null` or be missing, and the page reads as a whole object or not at all.
+    #[test]
+    fn pages_hand_over_each_indicator_as_it_is_read() {
+        let read = |body: &str| {
+            let mut seen = Vec::new();
+            page(body.as_bytes(), |ioc| {
+                seen.push((matches!(ioc.value, Cow::Borrowed(_)), ioc.into_owned()));
+            })
+            .map(|total| (total, seen))
+        };
+        let (total, seen) =
+            read(r#"{"data": [{"id": 1, "value": "a.b", "tags": ["t"]}, {"id": 2, "value": "\u0061"}], "total": 9}"#)
+                .unwrap();
+        assert_eq!(total, Answer::Value(Some(9)));
+        let borrowed: Vec<(bool, &str)> = seen.iter().map(|(b, ioc)| (*b, ioc.value.as_str())).collect();
+        assert_eq!(borrowed, [(true, "a.b"), (false, "a")]);
+        assert_eq!(seen[0].1, indicator(json!({"id": 1, "value": "a.b", "tags": ["t"]})));
+        for empty in [r#"{"total": 0, "data": null}"#, r#"{"total": null}"#, "{}"] {
+            assert!(read(empty).unwrap().1.is_empty(), "{empty}");
+        }
+        let skipped = page(b"{\"data\": [{\"id\": 1, \"note\": \"\xff\"}]}", |ioc| assert_eq!(ioc.id, 1));
+        assert_eq!(skipped.unwrap(), Answer::Value(None), "bytes not UTF-8 in a field not read");
+        // What a scan of the whole answer for `errors` found, the page's own keys tell.
+        let errors = |body: &str| page(body.as_bytes(), |_| {}).unwrap();
+        assert_eq!(errors(r#"{"total": 1, "data": [{"id": 1, "value": "\"errors\""}]}"#), Answer::Value(Some(1)));
+        for carrying in [r#"{"errors": ["Search failed"]}"#, r#"{"data": [], "errors": ["Search failed"]}"#] {
+            assert_eq!(errors(carrying), Answer::Errors("Search failed".into()), "{carrying}");
+        }
+        let not_a_page = r#"{"errors": {"filter": ["bad"]}, "data": [{"value": "no id"}]}"#;
+        assert_eq!(errors(not_a_page), Answer::Errors("filter: bad".into()));
+        assert!(page(b"{\"data\": [{\"id\": 1, \"value\": \"\xff\"}]}", |_| {}).is_err());
+        for refused in [r#"{"data": [], "data": []}"#, r#"{"data": [{"value": "x"}]}"#, r#"{"data": []} x"#, "[]"] {
+            assert!(read(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]
