@@ -34,19 +34,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
-/// Reads the value of a field into its slot, refusing a field given twice.
-fn put<'de, A: de::MapAccess<'de>, T: Deserialize<'de>>(
-    map: &mut A,
-    slot: &mut Option<T>,
-    name: &'static str,
-) -> Result<(), A::Error> {
-    if slot.is_some() {
-        return Err(de::Error::duplicate_field(name));
-    }
-    *slot = Some(map.next_value()?);
-    Ok(())
-}
-
 /// A scalar ThreatQ may send as a string, a number or a boolean; kept as the text it was.
 struct Text<'a>(Cow<'a, str>);
 
@@ -153,6 +140,19 @@ fn fields<'de, A: de::MapAccess<'de>, V: Deserialize<'de>, const N: usize>(
         }
     }
     Ok(values.map(Option::flatten))
+}
+
+/// Reads the value of a field into its slot, refusing a field given twice.
+fn put<'de, A: de::MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    slot: &mut Option<T>,
+    name: &'static str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(name));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
 }
 
 impl<'de> Shape<'de> for Text<'de> {
