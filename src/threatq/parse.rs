@@ -34,48 +34,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
-/// An object's key, as bytes: keys are only compared with names this reader knows, so they need no UTF-8 check
-/// (which was a good part of reading a page).
-struct Key<'a>(Cow<'a, [u8]>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> de::Visitor<'de> for KeyVisitor {
-            type Value = Cow<'de, [u8]>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
-                Ok(Cow::Borrowed(v))
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v.to_owned()))
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Cow::Borrowed(v.as_bytes()))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v.as_bytes().to_owned()))
-            }
-        }
-        d.deserialize_bytes(KeyVisitor).map(Key)
-    }
-}
-
-/// Reads the value of a field into its slot, refusing a field given twice.
-fn put<'de, A: de::MapAccess<'de>, T: Deserialize<'de>>(
-    map: &mut A,
-    slot: &mut Option<T>,
-    name: &'static str,
-) -> Result<(), A::Error> {
-    if slot.is_some() {
-        return Err(de::Error::duplicate_field(name));
-    }
-    *slot = Some(map.next_value()?);
-    Ok(())
-}
-
 /// A scalar ThreatQ may send as a string, a number or a boolean; kept as the text it was.
 struct Text<'a>(Cow<'a, str>);
 
@@ -172,8 +130,8 @@ fn fields<'de, A: de::MapAccess<'de>, V: Deserialize<'de>, const N: usize>(
     wanted: [&'static str; N],
 ) -> Result<[Option<V>; N], A::Error> {
     let mut values: [Option<Option<V>>; N] = std::array::from_fn(|_| None);
-    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-        match wanted.iter().position(|w| w.as_bytes() == &*key) {
+    while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+        match wanted.iter().position(|w| *w == key) {
             Some(i) if values[i].is_some() => return Err(de::Error::duplicate_field(wanted[i])),
             Some(i) => values[i] = Some(map.next_value()?),
             None => {
@@ -182,6 +140,19 @@ fn fields<'de, A: de::MapAccess<'de>, V: Deserialize<'de>, const N: usize>(
         }
     }
     Ok(values.map(Option::flatten))
+}
+
+/// Reads the value of a field into its slot, refusing a field given twice.
+fn put<'de, A: de::MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    slot: &mut Option<T>,
+    name: &'static str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(name));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
 }
 
 impl<'de> Shape<'de> for Text<'de> {
@@ -269,10 +240,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawAttribute<'a> {
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawAttribute<'de>, A::Error> {
                 let (mut name, mut value) = (None::<Option<Str>>, None::<Option<Text>>);
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
                     match &*key {
-                        b"name" => put(&mut map, &mut name, "name"),
-                        b"value" => put(&mut map, &mut value, "value"),
+                        "name" => put(&mut map, &mut name, "name"),
+                        "value" => put(&mut map, &mut value, "value"),
                         _ => map.next_value::<de::IgnoredAny>().map(drop),
                     }?;
                 }
@@ -320,23 +291,23 @@ impl<'de> de::Visitor<'de> for IndicatorVisitor {
         let mut attributes = None::<Option<Attributes>>;
         let (mut adversaries, mut sources, mut tags) = (None::<Option<Names>>, None::<Option<Names>>, None);
         let [mut created_at, mut updated_at, mut expires_at, mut expired_at] = [const { None::<Option<Str>> }; 4];
-        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             let m = &mut map;
             match &*key {
-                b"id" => put(m, &mut id, "id"),
-                b"value" => put(m, &mut value, "value"),
-                b"type" => put(m, &mut kind, "type"),
-                b"status" => put(m, &mut status, "status"),
-                b"score" => put(m, &mut score, "score"),
-                b"attributes" => put(m, &mut attributes, "attributes"),
-                b"adversaries" => put(m, &mut adversaries, "adversaries"),
-                b"related_adversary_count" => put(m, &mut related_adversary_count, "related_adversary_count"),
-                b"sources" => put(m, &mut sources, "sources"),
-                b"tags" => put(m, &mut tags, "tags"),
-                b"created_at" => put(m, &mut created_at, "created_at"),
-                b"updated_at" => put(m, &mut updated_at, "updated_at"),
-                b"expires_at" => put(m, &mut expires_at, "expires_at"),
-                b"expired_at" => put(m, &mut expired_at, "expired_at"),
+                "id" => put(m, &mut id, "id"),
+                "value" => put(m, &mut value, "value"),
+                "type" => put(m, &mut kind, "type"),
+                "status" => put(m, &mut status, "status"),
+                "score" => put(m, &mut score, "score"),
+                "attributes" => put(m, &mut attributes, "attributes"),
+                "adversaries" => put(m, &mut adversaries, "adversaries"),
+                "related_adversary_count" => put(m, &mut related_adversary_count, "related_adversary_count"),
+                "sources" => put(m, &mut sources, "sources"),
+                "tags" => put(m, &mut tags, "tags"),
+                "created_at" => put(m, &mut created_at, "created_at"),
+                "updated_at" => put(m, &mut updated_at, "updated_at"),
+                "expires_at" => put(m, &mut expires_at, "expires_at"),
+                "expired_at" => put(m, &mut expired_at, "expired_at"),
                 _ => m.next_value::<de::IgnoredAny>().map(drop),
             }?;
         }
@@ -427,17 +398,17 @@ impl<'de, F: FnMut(IndicatorRef<'de>)> de::Visitor<'de> for PageSeed<F> {
     }
     fn visit_map<A: de::MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
         let (mut total, mut data, mut errors) = (None, false, false);
-        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             match &*key {
-                b"total" if total.is_some() => return Err(de::Error::duplicate_field("total")),
-                b"total" => total = Some(map.next_value::<Option<u64>>()?),
-                b"data" if data => return Err(de::Error::duplicate_field("data")),
-                b"data" => {
+                "total" if total.is_some() => return Err(de::Error::duplicate_field("total")),
+                "total" => total = Some(map.next_value::<Option<u64>>()?),
+                "data" if data => return Err(de::Error::duplicate_field("data")),
+                "data" => {
                     map.next_value_seed(Data(&mut self.0))?;
                     data = true;
                 }
                 key => {
-                    errors |= key == b"errors";
+                    errors |= key == "errors";
                     map.next_value::<de::IgnoredAny>()?;
                 }
             }
