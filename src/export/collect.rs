@@ -206,8 +206,10 @@ const MERGE_BUFFER: usize = 32 << 10;
 
 /// The rows of one run: spooled to disk, deduplicated by value.
 pub struct Collected {
+    /// Each row as its content digest reads it ([`digest_row`]: every value after its length), after the length
+    /// of that record: written and read back without quoting or parsing.
     spool: tempfile::NamedTempFile,
-    writer: Option<csv::Writer<BufWriter<File>>>,
+    writer: Option<BufWriter<File>>,
     /// Noted rows, sorted run by run: each run's records are ordered by [`Noted::order`].
     runs: tempfile::NamedTempFile,
     runs_writer: Option<BufWriter<File>>,
@@ -241,7 +243,7 @@ impl Collected {
     pub fn new(dir: &Path, columns: usize) -> io::Result<Self> {
         let temp = |prefix: &str| tempfile::Builder::new().prefix(prefix).tempfile_in(dir);
         let spool = temp(".spool-")?;
-        let writer = csv::WriterBuilder::new().flexible(false).from_writer(BufWriter::new(spool.reopen()?));
+        let writer = BufWriter::with_capacity(1 << 16, spool.reopen()?);
         let runs = temp(".spool-runs-")?;
         let runs_writer = BufWriter::new(runs.reopen()?);
         Ok(Self {
@@ -265,8 +267,6 @@ impl Collected {
     /// Adds one mapped row (key first).
     pub fn push(&mut self, row: &[String]) -> io::Result<()> {
         debug_assert_eq!(row.len(), self.columns);
-        let writer = self.writer.as_mut().expect("push after finish");
-        writer.write_record(row)?;
         let (score, updated_at) = rank(row);
         let key = row[0].as_bytes();
         let noted = Noted {
@@ -276,6 +276,9 @@ impl Collected {
             updated_at,
             content: digest_row_with(row, &mut self.scratch),
         };
+        let writer = self.writer.as_mut().expect("push after finish");
+        writer.write_all(&key_len(&self.scratch)?.to_le_bytes())?;
+        writer.write_all(&self.scratch)?;
         let offset = u32::try_from(self.run_keys.len()).expect("runs are flushed long before 4 GiB");
         self.run.push((noted, offset, key_len(key)?));
         self.run_keys.extend_from_slice(key);
@@ -478,12 +481,11 @@ impl RowSource for SpoolRows<'_> {
 
     fn cursor(&self) -> Box<dyn RowCursor + '_> {
         // A fresh handle, so each pass starts at the beginning and passes do not share an offset.
-        let reader = self.spool.reopen().map(|file| {
-            csv::ReaderBuilder::new().has_headers(false).from_reader(BufReader::with_capacity(1 << 16, file))
-        });
+        let reader = self.spool.reopen().map(|file| BufReader::with_capacity(1 << 16, file));
         let last = self.rows.last().map_or(0, |last| u64::from(last) + 1);
         Box::new(SpoolCursor {
             reader: Some(reader),
+            bytes: Vec::new(),
             record: csv::StringRecord::new(),
             wanted: &self.rows,
             next: 0,
@@ -498,7 +500,9 @@ impl RowSource for SpoolRows<'_> {
 
 struct SpoolCursor<'a> {
     /// `None` once the pass is over; an error opening the spool is given by the first read.
-    reader: Option<io::Result<csv::Reader<BufReader<File>>>>,
+    reader: Option<io::Result<BufReader<File>>>,
+    /// The spooled record of the current row, and its values.
+    bytes: Vec<u8>,
     record: csv::StringRecord,
     wanted: &'a RowSet,
     /// The number of the next row in the spool, and one past the last wanted.
@@ -506,24 +510,58 @@ struct SpoolCursor<'a> {
     last: u64,
 }
 
+impl SpoolCursor<'_> {
+    /// Reads the next row into `record` if it is wanted, else skips it; `false` at the end of the spool.
+    fn advance(&mut self) -> io::Result<bool> {
+        let reader = match self.reader.as_mut() {
+            None => return Ok(false),
+            Some(Ok(reader)) => reader,
+            Some(Err(_)) => return Err(self.reader.take().expect("is some").expect_err("is an error")),
+        };
+        let mut len = [0; 4];
+        match reader.read_exact(&mut len) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            other => other?,
+        }
+        let len = u32::from_le_bytes(len);
+        let row = self.next as u32;
+        self.next += 1;
+        if !self.wanted.contains(row) {
+            reader.seek_relative(i64::from(len))?;
+            return Ok(true);
+        }
+        read_key(reader, len, &mut self.bytes)?;
+        self.record.clear();
+        let mut rest = &self.bytes[..];
+        while let Some((len, after)) = rest.split_first_chunk::<8>() {
+            let len = usize::try_from(u64::from_le_bytes(*len)).map_err(io::Error::other)?;
+            let value = after.get(..len).ok_or_else(|| invalid("a value runs past its row"))?;
+            self.record.push_field(std::str::from_utf8(value).map_err(|_| invalid("a value is not UTF-8"))?);
+            rest = &after[len..];
+        }
+        if !rest.is_empty() {
+            return Err(invalid("a row ends inside a value's length"));
+        }
+        Ok(true)
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("the row spool is damaged: {what}"))
+}
+
 impl RowCursor for SpoolCursor<'_> {
     fn next_row(&mut self) -> Option<io::Result<&csv::StringRecord>> {
         while self.next < self.last {
-            let reader = match self.reader.take()? {
-                Ok(reader) => self.reader.insert(Ok(reader)).as_mut().expect("just put"),
-                Err(e) => return Some(Err(e)),
-            };
-            match reader.read_record(&mut self.record) {
+            let before = self.next;
+            match self.advance() {
+                Ok(true) if self.wanted.contains(before as u32) => return Some(Ok(&self.record)),
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
                     self.reader = None;
-                    return Some(Err(e.into()));
+                    return Some(Err(e));
                 }
-            }
-            self.next += 1;
-            if self.wanted.contains((self.next - 1) as u32) {
-                return Some(Ok(&self.record));
             }
         }
         self.reader = None;
