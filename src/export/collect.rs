@@ -334,7 +334,7 @@ impl Collected {
             }
             readers.push(reader);
         }
-        let mut out = BufWriter::new(self.winners_file.reopen()?);
+        let mut out = BufWriter::with_capacity(1 << 16, self.winners_file.reopen()?);
         let mut last: Option<KeyDigest> = None;
         while let Some(mut head) = heads.pop() {
             if last == Some(head.noted.key) {
@@ -389,7 +389,7 @@ impl Collected {
             let next = (|| {
                 let reader = match &mut reader {
                     Some(reader) => reader,
-                    None => reader.insert(BufReader::new(self.winners_file.reopen()?)),
+                    None => reader.insert(BufReader::with_capacity(1 << 16, self.winners_file.reopen()?)),
                 };
                 read_winner(reader)
             })();

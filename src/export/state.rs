@@ -129,7 +129,7 @@ impl<R: Read> Checked<R> {
 
 fn open(path: &Path) -> io::Result<(Checked<BufReader<File>>, Header)> {
     let file = File::options().read(true).custom_flags(NO_FOLLOW).open(path)?;
-    let mut reader = Checked { inner: BufReader::new(file), hasher: blake3::Hasher::new() };
+    let mut reader = Checked { inner: BufReader::with_capacity(1 << 16, file), hasher: blake3::Hasher::new() };
     let header = reader.header()?;
     Ok((reader, header))
 }
@@ -256,7 +256,7 @@ impl State {
         records: impl Iterator<Item = io::Result<(Vec<u8>, ContentDigest)>>,
     ) -> io::Result<()> {
         crate::file::replace(path, 0o600, |file| {
-            let mut out = BufWriter::new(file);
+            let mut out = BufWriter::with_capacity(1 << 16, file);
             let mut hasher = blake3::Hasher::new();
             let mut put = |bytes: &[u8]| -> io::Result<()> {
                 hasher.update(bytes);
@@ -319,6 +319,10 @@ impl<'a> Deletions<'a> {
 
 impl RowSource for Deletions<'_> {
     fn rows(&self) -> Box<dyn Iterator<Item = io::Result<Row>> + Send + '_> {
+        if self.count == 0 {
+            // Nothing to find: both files need not be read again.
+            return Box::new(std::iter::empty());
+        }
         let mut winners = self.collected.winners().peekable();
         let columns = self.columns;
         Box::new(self.state.rows().filter_map(move |delivered| {
