@@ -284,9 +284,9 @@ fn golden_inc_delete_matches_the_sdk_byte_for_byte() {
         LookupEncoder::new(&t, Action::Inc, run_id(GOLDEN_TIME, &t.name), "golden-host", EncoderMode::SDK_DEFAULTS);
     let mut out = String::new();
     enc.start(&mut out);
-    enc.row(&["7", "zed", "added row", "1", "1.1.1.1", "new"], &mut out);
-    enc.delete(&["2", "bob, jr.", "", "", "", ""], &mut out);
-    enc.row(&["1", "alice", "updated", "9.5", "10.0.0.1", "upd"], &mut out);
+    enc.row(["7", "zed", "added row", "1", "1.1.1.1", "new"], &mut out);
+    enc.delete(["2", "bob, jr.", "", "", "", ""], &mut out);
+    enc.row(["1", "alice", "updated", "9.5", "10.0.0.1", "upd"], &mut out);
     enc.end(&mut out);
     assert_eq!(out, String::from_utf8(golden("inc_delete.bin")).unwrap());
 }

@@ -139,12 +139,13 @@ where
     let spool_error = |e| Error::io(format!("writing the row spool in {}", dir.display()), e);
     let mut collected = Collected::new(dir, table.columns.len()).map_err(spool_error)?;
     let mut pages = std::pin::pin!(pages);
-    // One row's strings, reused for every row.
-    let mut row = Row::new();
     while let Some(page) = pages.next().await {
         let page = page?;
+        // One row's values, borrowed from the page, in a list reused for every row of it.
+        let mut row: Vec<&str> = Vec::with_capacity(table.columns.len());
         for i in 0..page.len() {
-            page.copy_to(i, &mut row);
+            row.clear();
+            row.extend(page.fields(i));
             collected.push(&row).map_err(spool_error)?;
         }
         on_page(collected.fetched());

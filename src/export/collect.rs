@@ -43,14 +43,15 @@ pub fn digest_key(key: &str) -> KeyDigest {
 }
 
 /// The content digest of a row: every field, length-prefixed so that field boundaries count.
-pub fn digest_row(row: &[String]) -> ContentDigest {
+pub fn digest_row<S: AsRef<str>>(row: &[S]) -> ContentDigest {
     digest_row_with(row, &mut Vec::new())
 }
 
 /// [`digest_row`], laying the fields out in `scratch` first: one hash call instead of two a field.
-fn digest_row_with(row: &[String], scratch: &mut Vec<u8>) -> ContentDigest {
+fn digest_row_with<S: AsRef<str>>(row: &[S], scratch: &mut Vec<u8>) -> ContentDigest {
     scratch.clear();
     for field in row {
+        let field = field.as_ref();
         scratch.extend_from_slice(&(field.len() as u64).to_le_bytes());
         scratch.extend_from_slice(field.as_bytes());
     }
@@ -174,9 +175,9 @@ fn read_key(input: &mut impl Read, len: u32, key: &mut Vec<u8>) -> io::Result<()
 
 /// The rank of a row for the duplicate rule: its score, then its `updated_at` in unix seconds (ThreatQ's
 /// `YYYY-MM-DD HH:MM:SS`, read without a format parser when it has exactly that shape).
-fn rank(row: &[String]) -> (f32, i64) {
-    let score = row[SCORE].trim().parse::<f32>().ok().filter(|s| s.is_finite()).unwrap_or(f32::NEG_INFINITY);
-    let updated = row[UPDATED_AT].trim();
+fn rank<S: AsRef<str>>(row: &[S]) -> (f32, i64) {
+    let score = row[SCORE].as_ref().trim().parse::<f32>().ok().filter(|s| s.is_finite()).unwrap_or(f32::NEG_INFINITY);
+    let updated = row[UPDATED_AT].as_ref().trim();
     let updated = canonical_time(updated)
         .or_else(|| NaiveDateTime::parse_from_str(updated, "%Y-%m-%d %H:%M:%S").ok())
         .map_or(i64::MIN, |t| t.and_utc().timestamp());
@@ -265,12 +266,12 @@ impl Collected {
     }
 
     /// Adds one mapped row (key first).
-    pub fn push(&mut self, row: &[String]) -> io::Result<()> {
+    pub fn push<S: AsRef<str>>(&mut self, row: &[S]) -> io::Result<()> {
         debug_assert_eq!(row.len(), self.columns);
         let (score, updated_at) = rank(row);
-        let key = row[0].as_bytes();
+        let key = row[0].as_ref().as_bytes();
         let noted = Noted {
-            key: digest_key(&row[0]),
+            key: digest_key(row[0].as_ref()),
             row: self.rows,
             score,
             updated_at,
@@ -627,7 +628,8 @@ mod tests {
 
     #[test]
     fn row_digests_see_field_boundaries() {
-        assert_ne!(digest_row(&["ab".into(), "c".into()]), digest_row(&["a".into(), "bc".into()]));
+        assert_ne!(digest_row(&["ab", "c"]), digest_row(&["a", "bc"]));
+        assert_eq!(digest_row(&["a", "bc"]), digest_row(&["a".to_owned(), "bc".to_owned()]), "the same for owned text");
     }
 }
 

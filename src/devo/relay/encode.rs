@@ -397,8 +397,8 @@ mod tests {
         let enc = LookupEncoder::new(&table, Action::Inc, "1.5_iocs".into(), "h", EncoderMode::Safe);
         let mut out = String::new();
         enc.start(&mut out);
-        enc.row(&["1.2.3.4", "80"], &mut out);
-        enc.delete(&["evil.com", ""], &mut out);
+        enc.row(["1.2.3.4", "80"], &mut out);
+        enc.delete(["evil.com", ""], &mut out);
         enc.end(&mut out);
         let headers = r#"[{"ioc":{"type":"str","key":true}},{"score":{"type":"int8"}}]"#;
         assert_eq!(
