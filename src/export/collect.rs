@@ -220,7 +220,7 @@ pub struct Collected {
     run: Vec<(Noted, u32, u32)>,
     run_bytes: usize,
     run_keys: Vec<u8>,
-    /// Reused to lay out each row for its content digest.
+    /// Each row laid out for its content digest, which is also its spool record; reused from row to row.
     scratch: Vec<u8>,
     /// After [`Collected::finish`]: the winning row of each value, ordered by key digest.
     winners_file: tempfile::NamedTempFile,
