@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 
 use super::collect::{Collected, RowSet};
-use super::state::{Deletions, State};
+use super::state::{Deletions, Met, State, side_by_side};
 
 /// Why a run replaces the whole lookup instead of sending changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,32 +105,13 @@ impl Plan {
     /// digest order, side by side, so nothing of either is held in memory but the row sets.
     pub fn new(collected: &Collected, state: Option<&State>, full: Option<FullReason>) -> io::Result<Plan> {
         let (mut added, mut changed, mut unchanged, mut deleted) = (RowSet::default(), RowSet::default(), 0, 0);
-        let mut delivered = state.map(|s| s.rows().peekable());
-        for winner in collected.winners() {
-            let winner = winner?;
-            let mut held = None;
-            if let Some(delivered) = &mut delivered {
-                while let Some(row) = delivered.next_if(|row| row.as_ref().is_ok_and(|r| r.digest <= winner.digest)) {
-                    let row = row?;
-                    if row.digest == winner.digest {
-                        held = Some(row.content);
-                    } else {
-                        deleted += 1;
-                    }
-                }
-                if let Some(Err(_)) = delivered.peek() {
-                    delivered.next().expect("peeked")?;
-                }
+        for met in side_by_side(collected, state) {
+            match met? {
+                Met::New(winner) => added.insert(winner.row),
+                Met::Held(winner, held) if held.content != winner.content => changed.insert(winner.row),
+                Met::Held(..) => unchanged += 1,
+                Met::Gone(_) => deleted += 1,
             }
-            match held {
-                None => added.insert(winner.row),
-                Some(content) if content != winner.content => changed.insert(winner.row),
-                Some(_) => unchanged += 1,
-            }
-        }
-        for row in delivered.into_iter().flatten() {
-            row?;
-            deleted += 1;
         }
         let action = match (full, state) {
             (Some(reason), _) => Action::Full(reason),

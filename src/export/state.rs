@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::collect::{Collected, ContentDigest, KeyDigest, digest_key, digest_row};
+use super::collect::{Collected, ContentDigest, KeyDigest, Winner, digest_key, digest_row};
 use crate::devo::{Row, RowSource, Table, Target};
 use crate::file::{NO_FOLLOW, parent};
 
@@ -300,6 +300,38 @@ fn pending_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// What reading a run's winners and the state side by side meets, value by value.
+pub(super) enum Met {
+    /// A value the state does not hold.
+    New(Winner),
+    /// A value both hold.
+    Held(Winner, Delivered),
+    /// A value the state holds and the run no longer has.
+    Gone(Delivered),
+}
+
+/// The run's winners and the state's rows (none without a state), both in key digest order, read side by side:
+/// one pass over two sorted files. The first error ends what is read.
+pub(super) fn side_by_side<'a>(
+    collected: &'a Collected,
+    state: Option<&'a State>,
+) -> impl Iterator<Item = io::Result<Met>> + Send + 'a {
+    let mut winners = collected.winners().peekable();
+    let mut delivered = state.into_iter().flat_map(State::rows).peekable();
+    std::iter::from_fn(move || match (winners.peek(), delivered.peek()) {
+        (None, None) => None,
+        (Some(Err(_)), _) => Some(Err(winners.next()?.expect_err("peeked an error"))),
+        (_, Some(Err(_))) => Some(Err(delivered.next()?.expect_err("peeked an error"))),
+        (Some(Ok(w)), Some(Ok(d))) if w.digest == d.digest => {
+            let (w, d) = (winners.next()?.ok()?, delivered.next()?.ok()?);
+            Some(Ok(Met::Held(w, d)))
+        }
+        (Some(Ok(w)), Some(Ok(d))) if w.digest > d.digest => Some(delivered.next()?.map(Met::Gone)),
+        (Some(Ok(_)), _) => Some(winners.next()?.map(Met::New)),
+        (None, Some(Ok(_))) => Some(delivered.next()?.map(Met::Gone)),
+    })
+}
+
 /// Delete rows for keys Devo holds that the collection no longer has: the state's rows and the run's winners,
 /// both in key digest order, read side by side.
 pub struct Deletions<'a> {
@@ -323,27 +355,15 @@ impl RowSource for Deletions<'_> {
             // Nothing to find: both files need not be read again.
             return Box::new(std::iter::empty());
         }
-        let mut winners = self.collected.winners().peekable();
         let columns = self.columns;
-        Box::new(self.state.rows().filter_map(move |delivered| {
-            let delivered = match delivered {
-                Ok(delivered) => delivered,
-                Err(e) => return Some(Err(e)),
-            };
-            while let Some(Ok(w)) = winners.peek()
-                && w.digest < delivered.digest
-            {
-                winners.next();
+        Box::new(side_by_side(self.collected, Some(self.state)).filter_map(move |met| match met {
+            Ok(Met::Gone(delivered)) => {
+                let mut row = vec![String::new(); columns];
+                row[0] = delivered.key;
+                Some(Ok(row))
             }
-            match winners.peek() {
-                Some(Ok(w)) if w.digest == delivered.digest => None,
-                Some(Err(_)) => Some(Err(winners.next().expect("peeked").expect_err("peeked an error"))),
-                _ => {
-                    let mut row = vec![String::new(); columns];
-                    row[0] = delivered.key;
-                    Some(Ok(row))
-                }
-            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
         }))
     }
 
