@@ -16,7 +16,7 @@
 //! columns differ from the lookup's is refused with 400 (`append columns [...] differ from the lookup's [...]`).
 //! A lookup's metadata (also [OURS]) is `{"domain", "name", "columns": [{"name", "type"}], "key", "rows"}`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json};
 use bytes::Bytes;
+use csv::StringRecord;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_util::io::{StreamReader, SyncIoBridge};
@@ -145,7 +146,9 @@ impl LookupsApiStandIn {
     pub fn table(&self, domain: &str, name: &str) -> Option<Vec<Vec<String>>> {
         let state = self.state();
         let lookup = state.tables.get(&(domain.to_owned(), name.to_owned()))?;
-        Some(lookup.rows.values().cloned().collect())
+        let mut rows: Vec<(&String, &StringRecord)> = lookup.rows.iter().collect();
+        rows.sort_unstable_by_key(|(key, _)| *key);
+        Some(rows.into_iter().map(|(_, row)| row.iter().map(str::to_owned).collect()).collect())
     }
 
     /// The lookup's columns as `(name, Devo type)`, key first.
@@ -228,14 +231,15 @@ struct Fault {
 struct Lookup {
     /// `(name, type)`, key first.
     columns: Vec<(String, String)>,
-    /// Rows by key, each in `columns` order.
-    rows: BTreeMap<String, Vec<String>>,
+    /// Rows by key, each in `columns` order: one record (one buffer for all values) a row, so a large upload is
+    /// not a string per value; sorted only when read.
+    rows: HashMap<String, StringRecord>,
 }
 
 /// What a deploy does once its job succeeds.
 enum Change {
     Replace(Lookup),
-    Upsert(Vec<Vec<String>>),
+    Upsert(Vec<StringRecord>),
     Delete(Vec<String>),
 }
 
@@ -413,7 +417,7 @@ fn apply(tables: &mut HashMap<LookupKey, Lookup>, key: &LookupKey, change: Chang
     }
     let table = tables.get_mut(key).ok_or_else(|| format!("lookup {} no longer exists", key.1))?;
     match change {
-        Change::Upsert(rows) => table.rows.extend(rows.into_iter().map(|row| (row[0].clone(), row))),
+        Change::Upsert(rows) => table.rows.extend(rows.into_iter().map(|row| (row[0].to_owned(), row))),
         Change::Delete(keys) => keys.iter().for_each(|k| drop(table.rows.remove(k))),
         Change::Replace(_) => unreachable!("handled above"),
     }
@@ -509,8 +513,10 @@ async fn deploy(
                 let (columns, has_header, key_index, delete) =
                     (config.columns.clone(), config.has_header, config.key_index, config.delete);
                 let parser = tokio::task::spawn_blocking(move || {
-                    parse_csv(reader, &columns, has_header, keep, |row| {
-                        if delete { vec![row[key_index].clone()] } else { key_first(&row, key_index) }
+                    parse_csv(reader, &columns, has_header, keep, |row| match (delete, key_index) {
+                        (true, _) => StringRecord::from(vec![&row[key_index]]),
+                        (false, 0) => row,
+                        (false, _) => key_first(&row.iter().collect::<Vec<_>>(), key_index).into_iter().collect(),
                     })
                 });
                 let mut bytes = 0u64;
@@ -562,7 +568,7 @@ async fn deploy(
         (false, None, _) => return reply(StatusCode::NOT_FOUND, format!("lookup {} not found", key.1)),
         (_, _, false) => Change::Replace(Lookup {
             columns: stored_columns,
-            rows: rows.into_iter().map(|row| (row[0].clone(), row)).collect(),
+            rows: rows.into_iter().map(|row| (row[0].to_owned(), row)).collect(),
         }),
         // A deploy's columns may be taken as the lookup's definition, so an append (add or del) must describe
         // the lookup exactly, as Devo's own delete example does.
@@ -577,7 +583,7 @@ async fn deploy(
             );
         }
         (false, Some(_), true) if config.delete => {
-            Change::Delete(rows.into_iter().map(|mut row| row.swap_remove(0)).collect())
+            Change::Delete(rows.into_iter().map(|row| row[0].to_owned()).collect())
         }
         (false, Some(_), true) => Change::Upsert(rows),
     };
@@ -612,8 +618,8 @@ fn parse_csv(
     columns: &[(String, String)],
     has_header: bool,
     keep: bool,
-    shape: impl Fn(Vec<String>) -> Vec<String>,
-) -> Result<(Vec<Vec<String>>, u64), String> {
+    shape: impl Fn(StringRecord) -> StringRecord,
+) -> Result<(Vec<StringRecord>, u64), String> {
     let mut csv = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
     let mut records = csv.records();
     if has_header {
@@ -632,7 +638,7 @@ fn parse_csv(
         }
         count += 1;
         if keep {
-            rows.push(shape(record.iter().map(str::to_owned).collect()));
+            rows.push(shape(record));
         }
     }
     Ok((rows, count))

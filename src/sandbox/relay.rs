@@ -1,11 +1,15 @@
 //! A stand-in for a Devo relay: a mutual-TLS syslog server on 127.0.0.1 that reads devo-sdk `Lookup` lines and
 //! applies an upload to its lookup only when a well-formed END arrives, as Devo does. Faults can be switched on to
 //! test the uploader: cut the connection after K lines, read slowly, refuse the handshake.
+//!
+//! Like a syslog server, it reads a connection to its end and closes it, and a worker of its own parses and
+//! applies the lines it read, in the order they arrived. The accessors wait for that worker to catch up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
@@ -50,9 +54,11 @@ pub struct RelayStandIn {
     task: JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct Shared {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    /// The worker's queue, and how many items in it are not yet applied.
+    work: Mutex<Sender<Work>>,
+    pending: Arc<(Mutex<u64>, Condvar)>,
     faults: Mutex<Faults>,
     /// Keep no connection's bytes (`sandbox`, where uploads of a million rows would pile up).
     forget_bytes: std::sync::atomic::AtomicBool,
@@ -60,8 +66,8 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// lookup → key → row as it was sent (its values decode with [`decode_fields`]).
-    tables: HashMap<String, BTreeMap<String, String>>,
+    /// lookup → key → row as it was sent (its values decode with [`decode_fields`]); sorted only when read.
+    tables: HashMap<String, HashMap<String, String>>,
     /// Uploads whose START arrived, by run id.
     open: HashMap<String, OpenUpload>,
     applied: Vec<AppliedUpload>,
@@ -108,7 +114,7 @@ impl RelayStandIn {
             .map_err(io::Error::other)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::start());
         let task = tokio::spawn(serve(listener, TlsAcceptor::from(Arc::new(config)), shared.clone()));
         Ok(Self { addr, ca_pem: ca.cert_pem(), client, shared, task })
     }
@@ -149,7 +155,11 @@ impl RelayStandIn {
     pub fn table(&self, lookup: &str) -> Option<Vec<Vec<String>>> {
         self.state(|s| {
             let decoded = |row: &String| decode_fields(row).expect("rows were checked when they arrived");
-            s.tables.get(lookup).map(|t| t.values().map(decoded).collect())
+            s.tables.get(lookup).map(|t| {
+                let mut rows: Vec<(&String, &String)> = t.iter().collect();
+                rows.sort_unstable();
+                rows.into_iter().map(|(_, row)| decoded(row)).collect()
+            })
         })
     }
 
@@ -174,7 +184,62 @@ impl RelayStandIn {
     }
 
     fn state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let (count, caught_up) = &*self.shared.pending;
+        drop(caught_up.wait_while(count.lock().expect("pending lock"), |n| *n > 0).expect("pending lock"));
         f(&self.shared.state.lock().expect("state lock"))
+    }
+}
+
+/// What the worker applies, in order.
+enum Work {
+    /// Whole lines (each ending in `\n`) as they arrived.
+    Lines(Vec<u8>),
+    /// A connection ended; what it delivered (empty when the bytes are not kept).
+    Ended(Vec<u8>),
+}
+
+impl Shared {
+    /// Starts the worker, which stops when the queue is dropped with the stand-in.
+    fn start() -> Self {
+        let (tx, rx) = mpsc::channel::<Work>();
+        let state = Arc::new(Mutex::new(State::default()));
+        let pending = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let (worker_state, worker_pending) = (state.clone(), pending.clone());
+        std::thread::spawn(move || {
+            for work in rx {
+                {
+                    let mut state = worker_state.lock().expect("state lock");
+                    match work {
+                        Work::Lines(bytes) => {
+                            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                                match std::str::from_utf8(line) {
+                                    Ok(line) => state.receive(line),
+                                    Err(_) => state.receive(&String::from_utf8_lossy(line)),
+                                }
+                            }
+                        }
+                        Work::Ended(bytes) => state.connections.push(bytes),
+                    }
+                }
+                let (count, caught_up) = &*worker_pending;
+                *count.lock().expect("pending lock") -= 1;
+                caught_up.notify_all();
+            }
+        });
+        Self {
+            state,
+            work: Mutex::new(tx),
+            pending,
+            faults: Mutex::default(),
+            forget_bytes: std::sync::atomic::AtomicBool::default(),
+        }
+    }
+
+    fn submit(&self, work: Work) {
+        *self.pending.0.lock().expect("pending lock") += 1;
+        if self.work.lock().expect("work lock").send(work).is_err() {
+            *self.pending.0.lock().expect("pending lock") -= 1;
+        }
     }
 }
 
@@ -205,7 +270,8 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
         Err(e) => return problem(format!("TLS handshake refused: {e}")),
     };
     let keep_bytes = !shared.forget_bytes.load(std::sync::atomic::Ordering::Relaxed);
-    // What arrived and is not yet a whole line, or (keeping the bytes) everything from the start.
+    // What arrived and is not yet a whole line, or (keeping the bytes) everything from the start; whole lines go to
+    // the worker as they arrive.
     let mut received = Vec::new();
     let mut line_start = 0;
     let mut lines = 0;
@@ -220,20 +286,22 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
                 break false;
             }
         }
-        {
-            let mut state = shared.state.lock().expect("state lock");
-            while let Some(end) = memchr::memchr(b'\n', &received[line_start..]) {
-                let line = &received[line_start..line_start + end];
-                line_start += end + 1;
-                match std::str::from_utf8(line) {
-                    Ok(line) => state.receive(line),
-                    Err(_) => state.receive(&String::from_utf8_lossy(line)),
+        let whole = match faults.close_after_lines {
+            // Counted line by line, to cut after the K-th.
+            Some(k) => {
+                let mut end = line_start;
+                while lines < k {
+                    let Some(i) = memchr::memchr(b'\n', &received[end..]) else { break };
+                    end += i + 1;
+                    lines += 1;
                 }
-                lines += 1;
-                if faults.close_after_lines.is_some_and(|k| lines >= k) {
-                    break;
-                }
+                end
             }
+            None => memchr::memrchr(b'\n', &received[line_start..]).map_or(line_start, |i| line_start + i + 1),
+        };
+        if whole > line_start {
+            shared.submit(Work::Lines(received[line_start..whole].to_vec()));
+            line_start = whole;
         }
         if !keep_bytes {
             received.drain(..line_start);
@@ -250,7 +318,7 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
         // What the relay took before it cut the connection: the lines it read, not what it had buffered beyond them.
         received.truncate(line_start);
     }
-    shared.state.lock().expect("state lock").connections.push(if keep_bytes { received } else { Vec::new() });
+    shared.submit(Work::Ended(if keep_bytes { received } else { Vec::new() }));
     if cut {
         // A reset, as a load balancer that drops a connection sends: the client cannot mistake it for a close.
         let _ = tls.get_ref().0.set_zero_linger();
