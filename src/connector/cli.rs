@@ -75,7 +75,7 @@ Environment:
   DEVO_CA_FILE         PEM file of extra CAs to trust for the Devo Lookups API
   DEVO_RELAY_DELAY_SECONDS  the relay's pause after START and before END (default 5, as devo-sdk)
   DEVO_JOB_POLL_SECONDS     the longest pause between polls of a Lookups API job (default 5; polls start
-                            at 0.05 s and double up to it)
+                            at 0.01 s and double up to it)
   HTTPS_PROXY, NO_PROXY
   TQ_SECRETS_BACKEND   file or keyring: where the ThreatQ password is stored (default: the OS keyring when one
                        answers, else an owner-only file in the -c directory)";

@@ -229,7 +229,7 @@ pub struct DevoOptions {
     /// The relay's pause after START and before END, from `DEVO_RELAY_DELAY_SECONDS` (devo-sdk's 5 s by default).
     pub relay_delay: Duration,
     /// The longest pause between two questions of the Lookups API uploader whether its job finished, from
-    /// `DEVO_JOB_POLL_SECONDS` (5 s by default; polls start at 0.05 s and double up to it).
+    /// `DEVO_JOB_POLL_SECONDS` (5 s by default; polls start at 0.01 s and double up to it).
     pub job_poll_interval: Duration,
 }
 

@@ -33,7 +33,7 @@ pub struct ApiConfig {
     pub extra_ca_pem: Option<String>,
     /// How long to wait for Devo's job to report success or failure after an upload.
     pub job_timeout: Duration,
-    /// The longest pause between two polls of a job (they start at 0.05 s and double up to this).
+    /// The longest pause between two polls of a job (they start at 0.01 s and double up to this).
     pub poll_interval: Duration,
     /// Connect timeout, and the longest silence while reading a response.
     pub io_timeout: Duration,

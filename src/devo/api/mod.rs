@@ -517,8 +517,9 @@ impl DeployMode {
     }
 }
 
-/// The first pause before asking again whether a job finished: a small upload's job is usually done by then.
-const FIRST_POLL: Duration = Duration::from_millis(50);
+/// The first pause before asking again whether a job finished. A small upload's job is often done within
+/// milliseconds; doubling from here costs a long job only a few more cheap polls.
+const FIRST_POLL: Duration = Duration::from_millis(10);
 
 /// The pauses between job polls: [`FIRST_POLL`], doubling up to `cap`, so a small run ends in a fraction of a
 /// second while a long job is not asked about more than once per `cap`.
@@ -606,9 +607,12 @@ mod tests {
     #[test]
     fn job_polls_start_fast_and_back_off_to_the_cap() {
         let pauses: Vec<u64> = poll_pauses(Duration::from_secs(5)).take(9).map(|p| p.as_millis() as u64).collect();
-        assert_eq!(pauses, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        let capped: Vec<Duration> = poll_pauses(Duration::from_millis(50)).take(2).collect();
-        assert_eq!(capped, [Duration::from_millis(50); 2]);
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1280, 2560]);
+        let capped: Vec<u64> =
+            poll_pauses(Duration::from_secs(5)).skip(9).take(2).map(|p| p.as_millis() as u64).collect();
+        assert_eq!(capped, [5000, 5000]);
+        let tiny: Vec<Duration> = poll_pauses(Duration::from_millis(5)).take(2).collect();
+        assert_eq!(tiny, [Duration::from_millis(5); 2]);
     }
 
     #[test]
