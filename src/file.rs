@@ -4,7 +4,7 @@
 use std::fs::{File, Permissions};
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `O_NOFOLLOW`: files of the config directory are opened without following a symbolic link planted in their
 /// place, so whoever can write that directory cannot make a run (often as root) write through to another file.
@@ -20,15 +20,34 @@ pub fn parent(path: &Path) -> &Path {
 /// creation on) in the same directory, fsync, rename, fsync of the directory. A crash leaves the old or the new
 /// content, never half, and once this returns the new content survives a power cut.
 pub fn replace(path: &Path, mode: u32, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
-    let dir = parent(path);
+    prepare(path, mode, fill)?.commit()
+}
+
+/// The first half of [`replace`]: the new content of `path`, written and fsynced in a temporary file beside it,
+/// waiting for [`Prepared::commit`]. Dropped uncommitted, the temporary file is removed and `path` is untouched.
+pub fn prepare(path: &Path, mode: u32, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<Prepared> {
     let mut tmp =
-        tempfile::Builder::new().prefix(".tmp-").permissions(Permissions::from_mode(mode)).tempfile_in(dir)?;
+        tempfile::Builder::new().prefix(".tmp-").permissions(Permissions::from_mode(mode)).tempfile_in(parent(path))?;
     fill(tmp.as_file_mut())?;
     // The umask may have narrowed the mode at creation; a 0644 cron file must stay readable by cron.
     tmp.as_file().set_permissions(Permissions::from_mode(mode))?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
+    Ok(Prepared { tmp, path: path.to_owned() })
+}
+
+/// New content for a file, durable but not yet in its place ([`prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl Prepared {
+    /// Puts the content in its place: rename over the file, fsync of the directory.
+    pub fn commit(self) -> io::Result<()> {
+        self.tmp.persist(&self.path).map_err(|e| e.error)?;
+        File::open(parent(&self.path))?.sync_all()
+    }
 }
 
 #[cfg(test)]
@@ -45,5 +64,21 @@ mod tests {
         assert!(replace(&file, 0o600, |f| f.write_all(b"ne").and(Err(io::Error::other("disk full")))).is_err());
         assert_eq!(std::fs::read(&file).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn prepared_content_takes_its_place_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state");
+        replace(&file, 0o600, |f| f.write_all(b"old")).unwrap();
+        let abandoned = prepare(&file, 0o600, |f| f.write_all(b"abandoned")).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"old");
+        drop(abandoned);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "the abandoned content is removed");
+        let next = prepare(&file, 0o600, |f| f.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"old");
+        next.commit().unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -14,7 +14,7 @@ use tqdevo::devo::UploadMethod;
 use tqdevo::export::State;
 use tqdevo::sandbox::threatq::{Fault, Rewrite};
 
-use crate::sync::{World, bounded, expected_rows};
+use crate::sync::{World, expected_rows};
 
 const IOCS: u64 = 400;
 const QUERY: &str = "/api/indicators/query";
@@ -124,6 +124,13 @@ impl Tmpfs {
         assert!(status.unwrap().success(), "remount {option}");
     }
 
+    /// Lets `more` files be created beyond those there now (`u64::MAX`: no limit to speak of).
+    fn limit_files(&self, more: u64) {
+        let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        let used = stat.files() as u64 - stat.files_free() as u64;
+        self.remount(&format!("nr_inodes={}", used.saturating_add(more).min(1 << 20)));
+    }
+
     fn free_bytes(&self) -> u64 {
         let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
         stat.blocks_available() as u64 * stat.fragment_size() as u64
@@ -136,10 +143,11 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The disk fills at every point of a run in turn (the room left grows 4 KiB a run) while the rows are spooled and
-/// merged; then another writer fills it while Devo runs the upload's job, so that the state write finds no room.
-/// (A run needs most room while merging, and frees the sorted runs before the upload, so with the disk to itself
-/// the state write always fits.) Each failed run exits 1 naming "No space left", leaves the lookup as it was or
+/// The disk fills at every point of a run in turn. First bytes: the room left grows 4 KiB a run while the rows are
+/// spooled and merged (a run needs most room while merging). Then files: with room enough, the run may create k
+/// more files, k = 0, 1, 2, ..., so it runs out at each file it creates in turn: the spool, the sorted runs, the
+/// winners, the note of a pending upload, the next state (written while Devo takes the upload, so it fails after
+/// Devo accepted) and the run record. Each failed run exits 1 naming "No space left", leaves the lookup as it was or
 /// (the state write failed after Devo accepted) equal to the collection, never partial, keeps the old state and
 /// leaves no file behind; the next run with room converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,64 +158,55 @@ async fn a_full_disk_while_spooling_or_writing_the_state_fails_the_run_and_the_n
     world.synced(NAME).await;
     let filler = world.config_dir().join("filler");
     let mut failed_at: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut fill_during_upload = false;
-    for step in 0.. {
+    let mut short_of_files = false;
+    let mut step = 0;
+    loop {
         assert!(step < 200, "the run never fitted");
         change(&world, 1..=IOCS, 7);
         let (lookup, state) = (world.lookup(UploadMethod::LookupsApi, LOOKUP), world.state_bytes(NAME));
-        let room = if fill_during_upload { 1 << 20 } else { step * 4096 };
-        let free = disk.free_bytes();
-        std::fs::write(&filler, vec![0u8; free.saturating_sub(room) as usize]).ok();
-        let result = if fill_during_upload {
-            world.stage.devo_api.set_jobs_never_finish(true);
-            world.stage.devo_api.clear_requests();
-            let other_writer = async {
-                bounded("the upload", async {
-                    while !world.stage.devo_api.requests().iter().any(|r| r.csv_rows > 0) {
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    }
-                })
-                .await;
-                std::fs::write(world.config_dir().join("other"), vec![0u8; disk.free_bytes() as usize]).ok();
-                world.stage.devo_api.set_jobs_never_finish(false);
-            };
-            let ((result, _), ()) = tokio::join!(world.run(NAME, false), other_writer);
-            std::fs::remove_file(world.config_dir().join("other")).unwrap();
+        let result = if short_of_files {
+            disk.limit_files(step);
+            let result = world.run(NAME, false).await.0;
+            disk.limit_files(u64::MAX);
             result
         } else {
-            world.run(NAME, false).await.0
+            let free = disk.free_bytes();
+            std::fs::write(&filler, vec![0u8; free.saturating_sub(step * 4096) as usize]).ok();
+            let result = world.run(NAME, false).await.0;
+            std::fs::remove_file(&filler).ok();
+            result
         };
-        std::fs::remove_file(&filler).ok();
+        step += 1;
         let expected = expected_rows(&world.collection().await);
         let Err(e) = result else {
-            assert!(!fill_during_upload, "the disk filled during the upload, yet the run succeeded");
-            // The run fits now. Last, with that room: the disk fills up while Devo runs the job.
-            fill_during_upload = true;
+            if short_of_files {
+                break;
+            }
+            // The run fits in bytes now. Next, with room enough: files.
+            (short_of_files, step) = (true, 0);
             continue;
         };
         let message = e.to_string();
         assert_eq!(e.code(), 1, "{message}");
         assert!(message.contains("No space left"), "{message}");
-        let at = if message.contains("row spool") {
-            "spool"
-        } else if message.contains("delivered state") {
-            "state"
-        } else {
-            "elsewhere"
+        let now = world.lookup(UploadMethod::LookupsApi, LOOKUP);
+        let at = match () {
+            _ if message.contains("row spool") => "spool",
+            _ if message.contains("delivered state") && now == lookup => "state, before the upload",
+            _ if message.contains("delivered state") => "state, after Devo accepted",
+            _ => "elsewhere",
         };
         *failed_at.entry(at).or_default() += 1;
-        let now = world.lookup(UploadMethod::LookupsApi, LOOKUP);
-        assert!(now == lookup || now == expected, "room {room}: a partial lookup");
-        assert_eq!(world.state_bytes(NAME), state, "room {room}: the state is as it was");
-        assert_eq!(leftovers(&world.config_dir()), Vec::<String>::new(), "room {room}");
+        assert!(now == lookup || now == expected, "step {step}: a partial lookup");
+        assert_eq!(world.state_bytes(NAME), state, "step {step}: the state is as it was");
+        assert_eq!(leftovers(&world.config_dir()), Vec::<String>::new(), "step {step}");
         world.synced(NAME).await;
-        assert_eq!(world.lookup(UploadMethod::LookupsApi, LOOKUP), expected, "room {room}: converged");
-        if fill_during_upload {
-            break;
-        }
+        assert_eq!(world.lookup(UploadMethod::LookupsApi, LOOKUP), expected, "step {step}: converged");
     }
     eprintln!("disk full: failed runs by where the disk filled: {failed_at:?}");
-    assert!(failed_at.contains_key("spool") && failed_at.contains_key("state"), "{failed_at:?}");
+    for at in ["spool", "state, after Devo accepted"] {
+        assert!(failed_at.contains_key(at), "no run failed at the {at}: {failed_at:?}");
+    }
 }
 
 /// A config directory that cannot be written (a read-only mount as root, else mode 0500): exit 1 naming the run

@@ -217,29 +217,45 @@ where
         };
         let state_error = |e| Error::io(format!("writing the delivered state {}", state_path.display()), e);
         State::begin_delivery(state_path).map_err(state_error)?;
-        let receipt = match uploader.deliver(&table, delivery).await {
-            // The lookup was removed or redefined in Devo behind our back: the changes cannot apply to it.
-            Err(e @ (devo::Error::LookupMissing { .. } | devo::Error::LookupRedefined { .. }))
-                if matches!(plan.action, Action::Incremental) =>
-            {
-                tracing::warn!(lookup = %table.name, "{e}; replacing it whole");
-                summary.action = "full".into();
-                summary.reason = Some(match e {
-                    devo::Error::LookupMissing { .. } => "the lookup was missing in Devo".into(),
-                    _ => "the lookup's columns in Devo differ from the exporter's".into(),
-                });
-                full_replaced = true;
-                uploader.deliver(&table, Delivery::Full(&all)).await?
-            }
-            result => result?,
-        };
-        tracing::info!(reference = %receipt.reference, attempts = receipt.attempts, "Devo accepted the upload");
-        summary.sent = receipt.rows_sent;
         let last_full = match (&plan.action, &state) {
-            (Action::Incremental, Some(state)) if !full_replaced => state.last_full_at,
+            (Action::Incremental, Some(state)) => state.last_full_at,
             _ => options.now,
         };
-        State::write_collected(state_path, target, last_full, &collected).map_err(state_error)?;
+        // The next state is written and synced on a thread of its own while Devo takes the upload, so that once
+        // Devo accepted only its rename is left to wait for.
+        let prepare = State::prepare_collected(state_path, target, last_full, &collected).map_err(state_error)?;
+        let next_state = tokio::task::spawn_blocking(prepare);
+        let delivered = async {
+            match uploader.deliver(&table, delivery).await {
+                // The lookup was removed or redefined in Devo behind our back: the changes cannot apply to it.
+                Err(e @ (devo::Error::LookupMissing { .. } | devo::Error::LookupRedefined { .. }))
+                    if matches!(plan.action, Action::Incremental) =>
+                {
+                    tracing::warn!(lookup = %table.name, "{e}; replacing it whole");
+                    summary.action = "full".into();
+                    summary.reason = Some(match e {
+                        devo::Error::LookupMissing { .. } => "the lookup was missing in Devo".into(),
+                        _ => "the lookup's columns in Devo differ from the exporter's".into(),
+                    });
+                    full_replaced = true;
+                    uploader.deliver(&table, Delivery::Full(&all)).await
+                }
+                result => result,
+            }
+        }
+        .await;
+        // Waited for even when the upload failed, so that its file is removed before the run ends.
+        let next_state = next_state.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let receipt = delivered?;
+        tracing::info!(reference = %receipt.reference, attempts = receipt.attempts, "Devo accepted the upload");
+        summary.sent = receipt.rows_sent;
+        match next_state.map_err(state_error)? {
+            // The fallback full replace restarts the resync timer: the prepared state says otherwise.
+            _ if full_replaced => {
+                State::write_collected(state_path, target, options.now, &collected).map_err(state_error)?
+            }
+            next_state => next_state.commit().map_err(state_error)?,
+        }
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

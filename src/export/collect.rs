@@ -381,23 +381,15 @@ impl Collected {
     /// next state lists.
     pub fn winners(&self) -> impl Iterator<Item = io::Result<Winner>> + '_ {
         assert!(self.writer.is_none(), "read the winners after finish()");
-        let mut reader: Option<BufReader<File>> = None;
-        let mut done = false;
-        std::iter::from_fn(move || {
-            if done {
-                return None;
-            }
-            let next = (|| {
-                let reader = match &mut reader {
-                    Some(reader) => reader,
-                    None => reader.insert(BufReader::with_capacity(1 << 16, self.winners_file.reopen()?)),
-                };
-                read_winner(reader)
-            })();
-            // The pass ends at the end of the file, or after an error: the rest of the file cannot be trusted.
-            done = !matches!(next, Ok(Some(_)));
-            next.transpose()
-        })
+        winners_of(move || self.winners_file.reopen())
+    }
+
+    /// [`Collected::winners`] from a handle of their file opened now: a pass that borrows nothing, for another
+    /// thread.
+    pub fn winners_owned(&self) -> io::Result<impl Iterator<Item = io::Result<Winner>> + Send + 'static> {
+        assert!(self.writer.is_none(), "read the winners after finish()");
+        let mut file = Some(self.winners_file.reopen()?);
+        Ok(winners_of(move || file.take().ok_or_else(|| io::Error::other("the winners are read once"))))
     }
 
     /// The spooled rows whose numbers are in `rows`.
@@ -447,6 +439,27 @@ fn write_winner(
     out.write_all(&content.to_le_bytes())?;
     out.write_all(&key_len(key)?.to_le_bytes())?;
     out.write_all(key)
+}
+
+/// One pass over a winners file, opened by `open` at the first read.
+fn winners_of(mut open: impl FnMut() -> io::Result<File>) -> impl Iterator<Item = io::Result<Winner>> {
+    let mut reader: Option<BufReader<File>> = None;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let next = (|| {
+            let reader = match &mut reader {
+                Some(reader) => reader,
+                None => reader.insert(BufReader::with_capacity(1 << 16, open()?)),
+            };
+            read_winner(reader)
+        })();
+        // The pass ends at the end of the file, or after an error: the rest of the file cannot be trusted.
+        done = !matches!(next, Ok(Some(_)));
+        next.transpose()
+    })
 }
 
 fn read_winner(input: &mut impl io::BufRead) -> io::Result<Option<Winner>> {

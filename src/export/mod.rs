@@ -8,4 +8,4 @@ mod state;
 pub use collect::{Collected, ContentDigest, KeyDigest, RowSet, SpoolRows, Winner, digest_key, digest_row};
 pub use map::{COLUMNS, PackedRows, RowMapper, map_indicator, table};
 pub use plan::{Action, FullReason, Held, Plan, Refusal};
-pub use state::{Deletions, State, Unusable, target_digest};
+pub use state::{Deletions, NextState, State, Unusable, target_digest};

@@ -248,6 +248,23 @@ impl State {
         Self::write_records(path, target, last_full_at, collected.unique(), records)
     }
 
+    /// [`State::write_collected`] in two steps, so that the writing and its fsync can run while Devo takes the
+    /// upload: this writes the next state beside the state file (on a thread of its own: it borrows nothing), and
+    /// [`NextState::commit`] puts it in place once Devo accepted. Dropped uncommitted, it is removed.
+    pub fn prepare_collected(
+        path: &Path,
+        target: ContentDigest,
+        last_full_at: DateTime<Utc>,
+        collected: &Collected,
+    ) -> io::Result<impl FnOnce() -> io::Result<NextState> + Send + 'static> {
+        let (path, count) = (path.to_owned(), collected.unique());
+        let winners = collected.winners_owned()?;
+        Ok(move || {
+            let records = winners.map(|w| w.map(|w| (w.key, w.content)));
+            Self::prepare_records(&path, target, last_full_at, count, records).map(|file| NextState { file, path })
+        })
+    }
+
     fn write_records(
         path: &Path,
         target: ContentDigest,
@@ -255,7 +272,18 @@ impl State {
         count: u64,
         records: impl Iterator<Item = io::Result<(Vec<u8>, ContentDigest)>>,
     ) -> io::Result<()> {
-        crate::file::replace(path, 0o600, |file| {
+        let file = Self::prepare_records(path, target, last_full_at, count, records)?;
+        NextState { file, path: path.to_owned() }.commit()
+    }
+
+    fn prepare_records(
+        path: &Path,
+        target: ContentDigest,
+        last_full_at: DateTime<Utc>,
+        count: u64,
+        records: impl Iterator<Item = io::Result<(Vec<u8>, ContentDigest)>>,
+    ) -> io::Result<crate::file::Prepared> {
+        crate::file::prepare(path, 0o600, |file| {
             let mut out = BufWriter::with_capacity(1 << 16, file);
             let mut hasher = blake3::Hasher::new();
             let mut put = |bytes: &[u8]| -> io::Result<()> {
@@ -284,9 +312,23 @@ impl State {
             }
             out.write_all(hasher.finalize().as_bytes())?;
             out.flush()
-        })?;
+        })
+    }
+}
+
+/// The next state, written and synced beside the state file ([`State::prepare_collected`]).
+#[derive(Debug)]
+pub struct NextState {
+    file: crate::file::Prepared,
+    path: PathBuf,
+}
+
+impl NextState {
+    /// Makes this the state (rename, fsync of the folder), then clears the note of [`State::begin_delivery`].
+    pub fn commit(self) -> io::Result<()> {
+        self.file.commit()?;
         // Should this removal be lost to a crash, the next run merely replaces the lookup once more.
-        match std::fs::remove_file(pending_path(path)) {
+        match std::fs::remove_file(pending_path(&self.path)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
