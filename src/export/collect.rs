@@ -95,6 +95,20 @@ impl RowSet {
         Some(i as u32 * 64 + 63 - word.leading_zeros())
     }
 
+    /// The row numbers, in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + Send + '_ {
+        self.words.iter().enumerate().flat_map(|(i, word)| {
+            let mut bits = *word;
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let bit = bits.trailing_zeros();
+                    bits &= bits - 1;
+                    i as u32 * 64 + bit
+                })
+            })
+        })
+    }
+
     pub fn union(&self, other: &RowSet) -> RowSet {
         let (long, short) = if self.words.len() >= other.words.len() { (self, other) } else { (other, self) };
         let mut words = long.words.clone();
@@ -211,6 +225,11 @@ pub struct Collected {
     /// of that record: written and read back without quoting or parsing.
     spool: tempfile::NamedTempFile,
     writer: Option<BufWriter<File>>,
+    /// Where each row's record starts in the spool (`u64`, in row order), so that a few rows are read without
+    /// reading the whole spool; and the spool's length so far.
+    offsets: tempfile::NamedTempFile,
+    offsets_writer: Option<BufWriter<File>>,
+    spool_len: u64,
     /// Noted rows, sorted run by run: each run's records are ordered by [`Noted::order`].
     runs: tempfile::NamedTempFile,
     runs_writer: Option<BufWriter<File>>,
@@ -245,11 +264,16 @@ impl Collected {
         let temp = |prefix: &str| tempfile::Builder::new().prefix(prefix).tempfile_in(dir);
         let spool = temp(".spool-")?;
         let writer = BufWriter::with_capacity(1 << 16, spool.reopen()?);
+        let offsets = temp(".spool-offsets-")?;
+        let offsets_writer = BufWriter::new(offsets.reopen()?);
         let runs = temp(".spool-runs-")?;
         let runs_writer = BufWriter::new(runs.reopen()?);
         Ok(Self {
             spool,
             writer: Some(writer),
+            offsets,
+            offsets_writer: Some(offsets_writer),
+            spool_len: 0,
             runs,
             runs_writer: Some(runs_writer),
             run_spans: Vec::new(),
@@ -280,6 +304,8 @@ impl Collected {
         let writer = self.writer.as_mut().expect("push after finish");
         writer.write_all(&key_len(&self.scratch)?.to_le_bytes())?;
         writer.write_all(&self.scratch)?;
+        self.offsets_writer.as_mut().expect("push after finish").write_all(&self.spool_len.to_le_bytes())?;
+        self.spool_len += 4 + self.scratch.len() as u64;
         let offset = u32::try_from(self.run_keys.len()).expect("runs are flushed long before 4 GiB");
         self.run.push((noted, offset, key_len(key)?));
         self.run_keys.extend_from_slice(key);
@@ -316,6 +342,7 @@ impl Collected {
     pub fn finish(&mut self) -> io::Result<()> {
         let Some(mut writer) = self.writer.take() else { return Ok(()) };
         writer.flush()?;
+        self.offsets_writer.take().expect("open until finish").flush()?;
         self.flush_run()?;
         let mut runs_writer = self.runs_writer.take().expect("open until finish");
         runs_writer.flush()?;
@@ -395,7 +422,7 @@ impl Collected {
     /// The spooled rows whose numbers are in `rows`.
     pub fn select(&self, rows: RowSet) -> SpoolRows<'_> {
         assert!(self.writer.is_none(), "read the spool after finish()");
-        SpoolRows { spool: &self.spool, rows }
+        SpoolRows { spool: &self.spool, offsets: &self.offsets, total: self.rows, rows }
     }
 }
 
@@ -482,8 +509,15 @@ fn read_winner(input: &mut impl io::BufRead) -> io::Result<Option<Winner>> {
 /// wanted.
 pub struct SpoolRows<'a> {
     spool: &'a tempfile::NamedTempFile,
+    offsets: &'a tempfile::NamedTempFile,
+    /// Rows in the spool.
+    total: u32,
     rows: RowSet,
 }
+
+/// Up to one row in this many wanted, a pass reads each wanted row where it is (by its offset) instead of reading
+/// the spool through: a small incremental upload then reads its rows, not the whole collection.
+const SPARSE: u64 = 32;
 
 impl RowSource for SpoolRows<'_> {
     fn rows(&self) -> Box<dyn Iterator<Item = io::Result<Row>> + Send + '_> {
@@ -494,6 +528,15 @@ impl RowSource for SpoolRows<'_> {
     }
 
     fn cursor(&self) -> Box<dyn RowCursor + '_> {
+        if self.rows.len() * SPARSE < u64::from(self.total) {
+            let files = self.spool.reopen().and_then(|spool| Ok((spool, self.offsets.reopen()?)));
+            return Box::new(SparseCursor {
+                files: Some(files),
+                wanted: Box::new(self.rows.iter()),
+                bytes: Vec::new(),
+                record: csv::StringRecord::new(),
+            });
+        }
         // A fresh handle, so each pass starts at the beginning and passes do not share an offset.
         let reader = self.spool.reopen().map(|file| BufReader::with_capacity(1 << 16, file));
         let last = self.rows.last().map_or(0, |last| u64::from(last) + 1);
@@ -545,18 +588,69 @@ impl SpoolCursor<'_> {
             return Ok(true);
         }
         read_key(reader, len, &mut self.bytes)?;
-        self.record.clear();
-        let mut rest = &self.bytes[..];
-        while let Some((len, after)) = rest.split_first_chunk::<8>() {
-            let len = usize::try_from(u64::from_le_bytes(*len)).map_err(io::Error::other)?;
-            let value = after.get(..len).ok_or_else(|| invalid("a value runs past its row"))?;
-            self.record.push_field(std::str::from_utf8(value).map_err(|_| invalid("a value is not UTF-8"))?);
-            rest = &after[len..];
-        }
-        if !rest.is_empty() {
-            return Err(invalid("a row ends inside a value's length"));
-        }
+        fill_record(&self.bytes, &mut self.record)?;
         Ok(true)
+    }
+}
+
+/// Reads one spool record's values (each after its `u64` length) into `record`.
+fn fill_record(mut rest: &[u8], record: &mut csv::StringRecord) -> io::Result<()> {
+    record.clear();
+    while let Some((len, after)) = rest.split_first_chunk::<8>() {
+        let len = usize::try_from(u64::from_le_bytes(*len)).map_err(io::Error::other)?;
+        let value = after.get(..len).ok_or_else(|| invalid("a value runs past its row"))?;
+        record.push_field(std::str::from_utf8(value).map_err(|_| invalid("a value is not UTF-8"))?);
+        rest = &after[len..];
+    }
+    if !rest.is_empty() {
+        return Err(invalid("a row ends inside a value's length"));
+    }
+    Ok(())
+}
+
+/// A pass over a few of the spool's rows: each is read at its offset (two positioned reads, after one of the
+/// offsets file), in spool order.
+struct SparseCursor<'a> {
+    /// The spool and the offsets file; `None` once the pass is over.
+    files: Option<io::Result<(File, File)>>,
+    wanted: Box<dyn Iterator<Item = u32> + Send + 'a>,
+    bytes: Vec<u8>,
+    record: csv::StringRecord,
+}
+
+impl SparseCursor<'_> {
+    fn read(&mut self, row: u32) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let (spool, offsets) = match self.files.as_ref().expect("read while the pass lasts") {
+            Ok(files) => files,
+            Err(_) => return Err(self.files.take().expect("is some").expect_err("is an error")),
+        };
+        let mut offset = [0; 8];
+        offsets.read_exact_at(&mut offset, u64::from(row) * 8)?;
+        let offset = u64::from_le_bytes(offset);
+        let mut len = [0; 4];
+        spool.read_exact_at(&mut len, offset)?;
+        self.bytes.clear();
+        self.bytes.resize(u32::from_le_bytes(len) as usize, 0);
+        spool.read_exact_at(&mut self.bytes, offset + 4)?;
+        fill_record(&self.bytes, &mut self.record)
+    }
+}
+
+impl RowCursor for SparseCursor<'_> {
+    fn next_row(&mut self) -> Option<io::Result<&csv::StringRecord>> {
+        self.files.as_ref()?;
+        let Some(row) = self.wanted.next() else {
+            self.files = None;
+            return None;
+        };
+        match self.read(row) {
+            Ok(()) => Some(Ok(&self.record)),
+            Err(e) => {
+                self.files = None;
+                Some(Err(e))
+            }
+        }
     }
 }
 
@@ -637,6 +731,50 @@ mod tests {
             assert_eq!(all.rows().collect::<io::Result<Vec<_>>>().unwrap(), rows);
         }
         assert_eq!(all.len(), 2);
+    }
+
+    proptest::proptest! {
+        /// Any selection of rows reads the same, in spool order, whether it is read where each row is (a few of
+        /// many) or by a pass through the spool; and a row set lists its members in order.
+        #[test]
+        fn a_selection_reads_the_same_rows_in_place_or_by_a_pass(
+            values in proptest::collection::vec("[a-z ,\"\r\n日]{0,12}", 1..300),
+            picks in proptest::collection::vec(proptest::bool::weighted(0.03), 300),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = Collected::new(dir.path(), COLUMNS.len()).unwrap();
+            let rows: Vec<Row> = values.iter().enumerate().map(|(i, v)| row(&format!("{i}{v}"), "1", "")).collect();
+            for r in &rows {
+                c.push(r).unwrap();
+            }
+            c.finish().unwrap();
+            let mut wanted = RowSet::default();
+            let expected: Vec<Row> = (0..rows.len()).filter(|i| picks[*i]).map(|i| {
+                wanted.insert(i as u32);
+                rows[i].clone()
+            }).collect();
+            proptest::prop_assert_eq!(wanted.iter().collect::<Vec<_>>().len() as u64, wanted.len());
+            proptest::prop_assert!(wanted.iter().zip(wanted.iter().skip(1)).all(|(a, b)| a < b));
+            let selection = c.select(wanted.clone());
+            let read = |cursor: &mut dyn RowCursor| {
+                let mut out = Vec::new();
+                while let Some(row) = cursor.next_row() {
+                    out.push(row.unwrap().iter().map(str::to_owned).collect::<Row>());
+                }
+                out
+            };
+            let in_place = read(&mut *selection.cursor());
+            let by_a_pass = read(&mut SpoolCursor {
+                reader: Some(c.spool.reopen().map(BufReader::new)),
+                bytes: Vec::new(),
+                record: csv::StringRecord::new(),
+                wanted: &wanted,
+                next: 0,
+                last: wanted.last().map_or(0, |last| u64::from(last) + 1),
+            });
+            proptest::prop_assert_eq!(&in_place, &expected);
+            proptest::prop_assert_eq!(&by_a_pass, &expected);
+        }
     }
 
     #[test]
