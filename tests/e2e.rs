@@ -696,6 +696,47 @@ fn a_stopped_run_is_recorded_as_stopped() {
     assert_eq!(world.lookup(UploadMethod::Relay), None, "the stopped upload applied nothing");
 }
 
+/// `sandbox` runs until stopped: Ctrl-C or SIGTERM ends it with exit 0 and no error (it used to race two handlers,
+/// one of which reported a stopped run). It needs ports 8443 and 8444; where they are taken the test says so and
+/// skips.
+#[test]
+fn sandbox_ends_cleanly_when_stopped() {
+    use nix::sys::signal::Signal;
+    use std::io::BufRead as _;
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        if [8443, 8444].iter().any(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err()) {
+            eprintln!("skipped: port 8443 or 8444 is taken on this machine");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(crate::binary::path())
+            .args(["sandbox", "--iocs", "50"])
+            .env("TMPDIR", tmp.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded by the sandbox's own output: it ends with this line once the stand-ins listen.
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = stdout.by_ref().map_while(Result::ok).any(|line| line.starts_with("The UI form is filled"));
+        assert!(ready, "the sandbox never said it was ready");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the sandbox did not stop on {signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(0), "{signal}: {stderr}");
+        assert!(!stderr.contains("error"), "{signal}: {stderr}");
+    }
+}
+
 /// Issue 10, point 7: a config directory or secrets file others may write is refused (exit 3, with the `chmod`),
 /// and symbolic links planted for the lock, the state and the pending mark are never written through.
 #[test]

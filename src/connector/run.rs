@@ -244,7 +244,7 @@ pub fn execute(invocation: &super::cli::Invocation) -> Result<(), Error> {
 
 /// Runs `work` (a run, `doctor`, or `demo` and `sandbox`, which the binary hands in from the stand-ins' layer) on
 /// a tokio runtime. SIGTERM and Ctrl-C stop it cleanly: a run's upload is dropped without its END, the lock is
-/// released and the state is kept.
+/// released and the state is kept. They are how `sandbox` is meant to end, so for it they are a success.
 pub fn stoppable(
     invocation: &super::cli::Invocation,
     work: impl std::future::Future<Output = Result<(), Error>>,
@@ -261,6 +261,9 @@ pub fn stoppable(
             _ = term.recv() => Error::Stopped("SIGTERM"),
             _ = tokio::signal::ctrl_c() => Error::Stopped("SIGINT"),
         };
+        if matches!(invocation.command, Command::Sandbox(_)) {
+            return Ok(());
+        }
         // The run's own report was dropped with it; a stopped run is recorded as stopped.
         if matches!(invocation.command, Command::Run)
             && !invocation.dry_run

@@ -211,9 +211,9 @@ pub async fn sandbox(args: &SandboxArgs, out: &mut dyn Write) -> Result<(), Erro
     let fields = stage.ui_fields(UploadMethod::LookupsApi, "tq_iocs");
     let name = crate::connector::config::CONNECTOR_NAME;
     let mut commands = stdin_lines();
+    // Until SIGINT or SIGTERM, which `run::stoppable` turns into a clean end.
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
             Some(line) = commands.recv() => {
                 writeln!(out, "{}", obey(&stage, args.iocs, &line)).map_err(io_error)?;
                 out.flush().map_err(io_error)?;
@@ -229,7 +229,6 @@ pub async fn sandbox(args: &SandboxArgs, out: &mut dyn Write) -> Result<(), Erro
             }
         }
     }
-    Ok(())
 }
 
 /// The relay's client certificate, its key and the CA, as files a devo-sdk `SenderConfigSSL` takes.
