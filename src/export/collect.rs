@@ -505,8 +505,8 @@ fn read_winner(input: &mut impl io::BufRead) -> io::Result<Option<Winner>> {
     Ok(Some(winner))
 }
 
-/// A [`RowSource`] over part of the spool; every pass reads the file again from the start, up to the last row
-/// wanted.
+/// A [`RowSource`] over part of the spool. Every pass starts over: it reads the file from the start up to the last
+/// row wanted or, for a few rows of many ([`SPARSE`]), each wanted row where it is.
 pub struct SpoolRows<'a> {
     spool: &'a tempfile::NamedTempFile,
     offsets: &'a tempfile::NamedTempFile,

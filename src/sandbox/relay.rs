@@ -57,7 +57,7 @@ pub struct RelayStandIn {
 struct Shared {
     state: Arc<Mutex<State>>,
     /// The worker's queue, and how many items in it are not yet applied.
-    work: Mutex<Sender<Work>>,
+    work: Sender<Work>,
     pending: Arc<(Mutex<u64>, Condvar)>,
     faults: Mutex<Faults>,
     /// Keep no connection's bytes (`sandbox`, where uploads of a million rows would pile up).
@@ -211,7 +211,8 @@ impl Shared {
                     let mut state = worker_state.lock().expect("state lock");
                     match work {
                         Work::Lines(bytes) => {
-                            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                            let lines = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                            for line in lines.split(|b| *b == b'\n') {
                                 match std::str::from_utf8(line) {
                                     Ok(line) => state.receive(line),
                                     Err(_) => state.receive(&String::from_utf8_lossy(line)),
@@ -228,7 +229,7 @@ impl Shared {
         });
         Self {
             state,
-            work: Mutex::new(tx),
+            work: tx,
             pending,
             faults: Mutex::default(),
             forget_bytes: std::sync::atomic::AtomicBool::default(),
@@ -237,7 +238,7 @@ impl Shared {
 
     fn submit(&self, work: Work) {
         *self.pending.0.lock().expect("pending lock") += 1;
-        if self.work.lock().expect("work lock").send(work).is_err() {
+        if self.work.send(work).is_err() {
             *self.pending.0.lock().expect("pending lock") -= 1;
         }
     }
