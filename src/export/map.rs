@@ -207,7 +207,7 @@ mod tests {
         );
     }
 
-    /// Rows packed one after another and copied out into one reused row are the rows mapped one by one.
+    /// Rows packed one after another read back, field by field, as the rows mapped one by one.
     #[test]
     fn packed_rows_are_the_mapped_rows() {
         let mut bare = apt_ioc();
