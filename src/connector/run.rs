@@ -254,12 +254,15 @@ pub fn stoppable(
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Error::io("starting the async runtime", e))?;
     runtime.block_on(async {
         let started = Utc::now();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+        // Both handlers are in place before the work starts: `tokio::signal::ctrl_c()` would install its own only
+        // when first polled, after the work's first steps, and a Ctrl-C before that killed the process outright.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("installing the SIGINT handler", e))?;
         let stopped = tokio::select! {
             result = work => return result,
             _ = term.recv() => Error::Stopped("SIGTERM"),
-            _ = tokio::signal::ctrl_c() => Error::Stopped("SIGINT"),
+            _ = int.recv() => Error::Stopped("SIGINT"),
         };
         if matches!(invocation.command, Command::Sandbox(_)) {
             return Ok(());
